@@ -1,0 +1,341 @@
+//! Configuration: the TOML schema (SPEC §3, §4) and its loader.
+//!
+//! Every table here is read without `deny_unknown_fields`; the loader instead
+//! collects unknown keys with `serde_ignored`, so that `check` can report all
+//! of them with their key paths and lines rather than stopping at the first.
+
+mod load;
+mod problem;
+
+pub use load::{load, load_str};
+pub use problem::{Problem, Problems};
+
+use crate::alert::Severity;
+use crate::time::HumanDuration;
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A validated configuration, with paths resolved against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration was read from.
+    pub source: PathBuf,
+    pub compound: String,
+    pub timezone: Tz,
+    pub language: Language,
+    /// Resident roster (CSV), if any.
+    pub roster: Option<PathBuf>,
+    pub storage: StorageConfig,
+    pub clock: ClockConfig,
+    pub privacy: PrivacyConfig,
+    pub devices: Vec<DeviceConfig>,
+    pub rules: RulesConfig,
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub(crate) struct RawConfig {
+    pub compound: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default)]
+    pub language: Language,
+    #[serde(default)]
+    pub roster: Option<PathBuf>,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub clock: ClockConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub rules: RulesConfig,
+}
+
+fn default_timezone() -> String {
+    "Asia/Shanghai".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum Language {
+    #[default]
+    #[serde(rename = "zh-CN")]
+    ZhCn,
+    #[serde(rename = "en")]
+    En,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// The sled database folder (state and outbox). Relative paths are
+    /// resolved against the configuration file's folder; under systemd use
+    /// the `StateDirectory`.
+    pub path: PathBuf,
+    /// sled page cache, bytes. sled's own default is 1 GiB; gateways have little RAM.
+    pub cache_bytes: u64,
+    /// Longest time a group commit waits to gather more events before it flushes.
+    pub commit_interval: HumanDuration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("/var/lib/community-gateway/store"),
+            cache_bytes: 4 * 1024 * 1024,
+            commit_interval: HumanDuration(std::time::Duration::from_millis(5)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct ClockConfig {
+    /// Event timestamps further than this from the gateway's clock are replaced by receive time.
+    pub max_skew: HumanDuration,
+    /// A difference between wall-clock and monotonic progress larger than this is a clock step.
+    pub jump_threshold: HumanDuration,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            max_skew: HumanDuration::secs(300),
+            jump_threshold: HumanDuration::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct PrivacyConfig {
+    /// Replace unregistered credentials by a keyed hash in alerts.
+    pub pseudonymize: bool,
+    /// Secret key of that hash. Without it the key is derived from the compound
+    /// id, which keeps pseudonyms stable but lets anyone who knows the id
+    /// reverse short card numbers; `check` warns about it.
+    pub key: Option<String>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            pseudonymize: true,
+            key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Access,
+    Elevator,
+    Other,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Access => "access",
+            DeviceKind::Elevator => "elevator",
+            DeviceKind::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub kind: DeviceKind,
+    /// Human name used in alert messages (e.g. "12号楼1单元门").
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub building: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Grid responsible for this device's alerts; defaults to the grid most
+    /// residents of its building belong to.
+    #[serde(default)]
+    pub grid: Option<String>,
+    /// A compound gate (used by `card_sharing`).
+    #[serde(default)]
+    pub perimeter: bool,
+    /// The device sends heartbeats; silence raises `device_offline`.
+    #[serde(default)]
+    pub heartbeat: bool,
+    /// Elevators: lowest and highest served floor.
+    #[serde(default)]
+    pub lowest_floor: Option<i32>,
+    #[serde(default)]
+    pub highest_floor: Option<i32>,
+    /// Elevators: rated speed in m/s.
+    #[serde(default)]
+    pub rated_speed: Option<f32>,
+    /// Elevators: fault code -> severity and text.
+    #[serde(default)]
+    pub fault_codes: BTreeMap<String, FaultCodeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct FaultCodeConfig {
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    pub text: String,
+}
+
+/// Declares a rule's parameter table with SPEC §4's defaults. Every rule has
+/// `enabled`, `severity` and `escalate_after`; the rest are its thresholds.
+macro_rules! rule_params {
+    ($(#[$doc:meta])* $name:ident { severity: $sev:expr, escalate_after: $esc:expr $(, $field:ident : $ty:ty = $default:expr)* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+        #[serde(default)]
+        pub struct $name {
+            pub enabled: bool,
+            pub severity: Severity,
+            pub escalate_after: Option<HumanDuration>,
+            $(pub $field: $ty,)*
+        }
+        impl Default for $name {
+            fn default() -> Self {
+                $name { enabled: true, severity: $sev, escalate_after: $esc, $($field: $default,)* }
+            }
+        }
+    };
+}
+
+const fn d(secs: u64) -> HumanDuration {
+    HumanDuration::secs(secs)
+}
+const M: u64 = 60;
+const H: u64 = 3600;
+
+rule_params!(ElderlyInactivity {
+    severity: Severity::Medium,
+    escalate_after: Some(d(24 * H)),
+    after: HumanDuration = d(24 * H)
+});
+rule_params!(NotReturned {
+    severity: Severity::Medium,
+    escalate_after: Some(d(12 * H)),
+    after: HumanDuration = d(12 * H)
+});
+rule_params!(GroupRental {
+    severity: Severity::Low,
+    escalate_after: None,
+    window_days: u32 = 7,
+    max_daily: u32 = 20,
+    min_days: u32 = 3,
+    max_credentials: u32 = 6
+});
+rule_params!(CardSharing {
+    severity: Severity::Medium,
+    escalate_after: None,
+    window: HumanDuration = d(2 * M),
+    cooldown: HumanDuration = d(H)
+});
+rule_params!(RepeatStranger {
+    severity: Severity::Medium,
+    escalate_after: None,
+    days: u32 = 3,
+    forget_after: HumanDuration = d(7 * 24 * H)
+});
+rule_params!(DeniedBurst {
+    severity: Severity::Medium,
+    escalate_after: None,
+    count: u32 = 5,
+    window: HumanDuration = d(2 * M),
+    quiet: HumanDuration = d(10 * M)
+});
+rule_params!(DoorHeldOpen {
+    severity: Severity::Medium,
+    escalate_after: None,
+    after: HumanDuration = d(120)
+});
+rule_params!(DoorForced {
+    severity: Severity::High,
+    escalate_after: None
+});
+rule_params!(ElevatorTrapped {
+    severity: Severity::Critical,
+    escalate_after: Some(d(5 * M)),
+    in_zone_after: HumanDuration = d(90),
+    out_of_zone_after: HumanDuration = d(15)
+});
+rule_params!(ElevatorDoorOpenMoving {
+    severity: Severity::Critical,
+    escalate_after: None,
+    samples: u32 = 2
+});
+rule_params!(ElevatorOvertravel {
+    severity: Severity::Critical,
+    escalate_after: None
+});
+rule_params!(ElevatorStoppedOutsideZone {
+    severity: Severity::High,
+    escalate_after: None,
+    after: HumanDuration = d(15)
+});
+rule_params!(ElevatorFault {
+    severity: Severity::High,
+    escalate_after: None,
+    debounce: HumanDuration = d(5),
+    clear_after: HumanDuration = d(30)
+});
+rule_params!(ElevatorOutOfService {
+    severity: Severity::Medium,
+    escalate_after: None,
+    after: HumanDuration = d(30 * M),
+    emergency_severity: Severity = Severity::High
+});
+rule_params!(ElevatorAbnormalUsage {
+    severity: Severity::Low,
+    escalate_after: None,
+    door_cycles: u32 = 3,
+    window: HumanDuration = d(15),
+    overspeed_ratio: f64 = 1.15,
+    overspeed_samples: u32 = 6,
+    quiet: HumanDuration = d(60),
+    overspeed_severity: Severity = Severity::High
+});
+rule_params!(
+    /// `severity` applies to devices that are neither elevators nor access
+    /// controllers; those use `elevator_severity` and `access_severity`.
+    DeviceOffline { severity: Severity::Low, escalate_after: None,
+    after: HumanDuration = d(90), failures: u32 = 5,
+    elevator_severity: Severity = Severity::High, access_severity: Severity = Severity::Low });
+rule_params!(GatewayHealth {
+    severity: Severity::High,
+    escalate_after: None,
+    outbox_fill: f64 = 0.8,
+    disk_free_min: f64 = 0.05
+});
+
+/// `[rules.<name>]` tables. A missing table means the rule runs with its defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct RulesConfig {
+    pub elderly_inactivity: ElderlyInactivity,
+    pub not_returned: NotReturned,
+    pub group_rental: GroupRental,
+    pub card_sharing: CardSharing,
+    pub repeat_stranger: RepeatStranger,
+    pub denied_burst: DeniedBurst,
+    pub door_held_open: DoorHeldOpen,
+    pub door_forced: DoorForced,
+    pub elevator_trapped: ElevatorTrapped,
+    pub elevator_door_open_moving: ElevatorDoorOpenMoving,
+    pub elevator_overtravel: ElevatorOvertravel,
+    pub elevator_stopped_outside_zone: ElevatorStoppedOutsideZone,
+    pub elevator_fault: ElevatorFault,
+    pub elevator_out_of_service: ElevatorOutOfService,
+    pub elevator_abnormal_usage: ElevatorAbnormalUsage,
+    pub device_offline: DeviceOffline,
+    pub gateway_health: GatewayHealth,
+}
