@@ -24,14 +24,21 @@
 //! - [`clock`] watches the wall clock for steps and tells the engine to
 //!   re-base its deadlines.
 
+pub mod admin;
 pub mod alert;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod message;
+pub mod metrics;
 pub mod replay;
 pub mod roster;
+pub mod sinks;
+pub mod sources;
 pub mod store;
+pub mod systemd;
 pub mod time;
+pub mod tls;

@@ -606,6 +606,11 @@ impl<'a> Ctx<'a> {
             privacy: raw.privacy,
             devices: raw.devices,
             rules: raw.rules,
+            local_mqtt: raw.local_mqtt,
+            mappings: raw.mappings,
+            platform: raw.platform,
+            outbox: raw.outbox,
+            admin: raw.admin,
         })
     }
 

@@ -5,9 +5,11 @@
 //! of them with their key paths and lines rather than stopping at the first.
 
 mod load;
+mod mapping;
 mod problem;
 
 pub use load::{load, load_str};
+pub use mapping::{FieldSource, FieldSpec, MappingConfig, OneOrMany};
 pub use problem::{Problem, Problems};
 
 use crate::alert::Severity;
@@ -32,6 +34,11 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub devices: Vec<DeviceConfig>,
     pub rules: RulesConfig,
+    pub local_mqtt: Option<LocalMqttConfig>,
+    pub mappings: BTreeMap<String, MappingConfig>,
+    pub platform: Option<PlatformConfig>,
+    pub outbox: OutboxConfig,
+    pub admin: AdminConfig,
 }
 
 /// The file as written, before validation.
@@ -54,6 +61,16 @@ pub(crate) struct RawConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub rules: RulesConfig,
+    #[serde(default)]
+    pub local_mqtt: Option<LocalMqttConfig>,
+    #[serde(default)]
+    pub mappings: BTreeMap<String, MappingConfig>,
+    #[serde(default)]
+    pub platform: Option<PlatformConfig>,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 fn default_timezone() -> String {
@@ -180,6 +197,10 @@ pub struct DeviceConfig {
     /// Elevators: fault code -> severity and text.
     #[serde(default)]
     pub fault_codes: BTreeMap<String, FaultCodeConfig>,
+    /// Other names the device reports itself by (serial number, vendor
+    /// device name); events carrying them are attributed to this device.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -338,4 +359,176 @@ pub struct RulesConfig {
     pub elevator_abnormal_usage: ElevatorAbnormalUsage,
     pub device_offline: DeviceOffline,
     pub gateway_health: GatewayHealth,
+}
+
+/// Client-side TLS: a private CA and, for mutual TLS, a client certificate.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain (mutual TLS); needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Name to verify in the broker's certificate; default: `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// The compound's local broker, where door controllers and elevator boxes publish.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct LocalMqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Fixed client id of the persistent session; default `community-gateway-<compound>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive: HumanDuration,
+    pub tls: Option<TlsConfig>,
+    /// Payloads larger than this (bytes) are rejected unread.
+    pub max_payload: usize,
+    /// Messages buffered between ingest and the rule engine; when full, ingest
+    /// stops reading and the broker holds the rest (backpressure).
+    pub queue: usize,
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+impl Default for LocalMqttConfig {
+    fn default() -> Self {
+        LocalMqttConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            keep_alive: HumanDuration::secs(30),
+            tls: None,
+            max_payload: 64 * 1024,
+            queue: 1024,
+            subscriptions: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct SubscriptionConfig {
+    /// Topic filter (`+` and `#` wildcards).
+    pub topic: String,
+    /// `canonical`, a built-in preset (`hikvision`, `dahua`, `uhppoted`), or
+    /// the name of a `[mappings.<name>]` table.
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Every message on this subscription comes from this device.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The device id is this level of the topic (0 = first).
+    #[serde(default)]
+    pub device_topic_level: Option<usize>,
+    /// 0 or 1. QoS 1 is what makes acknowledgement after commit meaningful.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+fn default_format() -> String {
+    "canonical".into()
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+/// The community platform's broker, over TLS.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct PlatformConfig {
+    pub host: String,
+    pub port: u16,
+    /// Default `community-gateway-<compound>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive: HumanDuration,
+    /// Required unless `plaintext = true`.
+    pub tls: Option<TlsConfig>,
+    /// Connect without TLS. For tests on one machine only; a warning is
+    /// logged at every connect.
+    pub plaintext: bool,
+    /// `{compound}` is replaced by the compound id.
+    pub alerts_topic: String,
+    pub status_topic: String,
+    pub commands_topic: String,
+    /// Alert transitions published and not yet acknowledged at once.
+    pub inflight: u16,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            host: String::new(),
+            port: 8883,
+            client_id: None,
+            username: None,
+            password: None,
+            keep_alive: HumanDuration::secs(30),
+            tls: None,
+            plaintext: false,
+            alerts_topic: "community/{compound}/alerts".into(),
+            status_topic: "community/{compound}/gateway/status".into(),
+            commands_topic: "community/{compound}/commands".into(),
+            inflight: 32,
+        }
+    }
+}
+
+/// Bounds of the store-and-forward outbox.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct OutboxConfig {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The local HTTP admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/alerts`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Address to listen on; keep it on localhost.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Config {
+    /// `{compound}` replaced in a topic template.
+    pub fn topic(&self, template: &str) -> String {
+        template.replace("{compound}", &self.compound)
+    }
+
+    /// The MQTT client id for a connection: configured, or `community-gateway-<compound>`.
+    pub fn client_id(&self, configured: &Option<String>) -> String {
+        configured
+            .clone()
+            .unwrap_or_else(|| format!("community-gateway-{}", self.compound))
+    }
 }
