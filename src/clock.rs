@@ -45,6 +45,32 @@ impl Clock for SystemClock {
     }
 }
 
+/// Real time sped up `speed` times from the moment it is created (the demo).
+pub struct AcceleratedClock {
+    start_wall: Ts,
+    origin: Instant,
+    speed: f64,
+}
+
+impl AcceleratedClock {
+    pub fn new(start_wall: Ts, speed: f64) -> Self {
+        AcceleratedClock {
+            start_wall,
+            origin: Instant::now(),
+            speed: speed.max(1.0),
+        }
+    }
+}
+
+impl Clock for AcceleratedClock {
+    fn wall(&self) -> Ts {
+        self.start_wall + (self.origin.elapsed().as_secs_f64() * self.speed * 1000.0) as Ts
+    }
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed().mul_f64(self.speed)
+    }
+}
+
 /// A clock the caller sets: for tests and simulations.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ManualClock {
@@ -101,7 +127,7 @@ impl ClockWatch {
 
     /// Brings `engine` to the clock's current time, re-basing it first if the
     /// wall clock stepped since the last call.
-    pub fn advance<C: Clock>(
+    pub fn advance<C: Clock + ?Sized>(
         &mut self,
         engine: &mut Engine,
         clock: &C,

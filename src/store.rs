@@ -6,9 +6,11 @@
 //! caused are applied atomically by one `apply_batch` and made durable by one
 //! flush: group commit, never an fsync per event.
 
-use crate::alert::AlertTransition;
+use crate::alert::{AlertTransition, Severity};
 use crate::engine::{StateChange, StateRecord};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const STATE: u8 = b's';
 const OUTBOX: u8 = b'o';
@@ -38,11 +40,53 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
 }
 
+/// What a commit did to the outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Sequence numbers given to the committed transitions.
+    pub seqs: Vec<u64>,
+    /// Entries dropped to stay within the bounds, by severity (oldest `low` first).
+    pub dropped: Vec<(Severity, u64)>,
+}
+
+/// Size and severity of every outbox entry, so bounds are enforced without
+/// reading the entries back.
+#[derive(Debug, Default)]
+struct OutboxIndex {
+    entries: BTreeMap<u64, (Severity, u32)>,
+    bytes: u64,
+}
+
+/// Bounds of the outbox (count and bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxBounds {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxBounds {
+    fn default() -> Self {
+        OutboxBounds {
+            max_entries: u64::MAX,
+            max_bytes: u64::MAX,
+        }
+    }
+}
+
+/// The store. Cheap to clone; all clones share one database. Commits are
+/// serialised internally; reads and outbox deletions can run from any task.
+#[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
-    next_seq: u64,
+    next_seq: Mutex<u64>,
+    outbox: Mutex<OutboxIndex>,
+    bounds: Mutex<OutboxBounds>,
     recovered_from: Option<PathBuf>,
 }
 
@@ -58,6 +102,23 @@ fn outbox_key(seq: u64) -> [u8; 9] {
     k[0] = OUTBOX;
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn seq_of(k: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// The severity recorded in a stored transition (defaults to `critical` if
+/// unreadable, so that an odd entry is the last to be dropped).
+fn severity_of(payload: &[u8]) -> Severity {
+    #[derive(serde::Deserialize)]
+    struct S {
+        severity: Severity,
+    }
+    serde_json::from_slice::<S>(payload)
+        .map(|s| s.severity)
+        .unwrap_or(Severity::Critical)
 }
 
 impl Store {
@@ -87,21 +148,25 @@ impl Store {
             Err(e) => return Err(sled_err(e)),
         };
         let tree = (*db).clone();
-        let next_seq = match tree.scan_prefix([OUTBOX]).next_back() {
-            Some(Ok((k, _))) if k.len() == 9 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&k[1..]);
-                u64::from_be_bytes(b) + 1
+        let mut index = OutboxIndex::default();
+        for item in tree.scan_prefix([OUTBOX]) {
+            let (k, v) = item.map_err(sled_err)?;
+            if let Some(seq) = seq_of(&k) {
+                index.entries.insert(seq, (severity_of(&v), v.len() as u32));
+                index.bytes += v.len() as u64;
             }
-            Some(Err(e)) => return Err(sled_err(e)),
-            _ => 1,
-        };
+        }
+        let next_seq = index.entries.keys().next_back().map_or(1, |s| s + 1);
         Ok(Store {
-            path: path.to_path_buf(),
-            db,
-            tree,
-            next_seq,
-            recovered_from,
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                db,
+                tree,
+                next_seq: Mutex::new(next_seq),
+                outbox: Mutex::new(index),
+                bounds: Mutex::new(OutboxBounds::default()),
+                recovered_from,
+            }),
         })
     }
 
@@ -115,25 +180,31 @@ impl Store {
             .open()
     }
 
+    /// Sets the outbox bounds enforced at every commit.
+    pub fn set_bounds(&self, bounds: OutboxBounds) {
+        *lock(&self.inner.bounds) = bounds;
+    }
+
     /// Where a corrupted store was moved to when this one was opened.
     pub fn recovered_from(&self) -> Option<&Path> {
-        self.recovered_from.as_deref()
+        self.inner.recovered_from.as_deref()
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
-            path: self.path.clone(),
+            path: self.inner.path.clone(),
             source,
         }
     }
 
     /// Every persisted rule-state record.
     pub fn load_state(&self) -> Result<Vec<StateRecord>, StoreError> {
-        self.tree
+        self.inner
+            .tree
             .scan_prefix([STATE])
             .map(|r| {
                 r.map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
@@ -143,24 +214,25 @@ impl Store {
     }
 
     /// Writes state changes and appends transitions to the outbox in one
-    /// atomic batch, then makes it durable. Returns the outbox sequence
-    /// numbers given to the transitions.
+    /// atomic batch, enforces the outbox bounds, then makes it durable with
+    /// one flush.
     pub fn commit(
-        &mut self,
+        &self,
         changes: &[StateChange],
         transitions: &[AlertTransition],
-    ) -> Result<Vec<u64>, StoreError> {
-        let seqs = self.stage(changes, transitions)?;
+    ) -> Result<CommitReport, StoreError> {
+        let report = self.stage(changes, transitions)?;
         self.flush()?;
-        Ok(seqs)
+        Ok(report)
     }
 
-    /// Like [`Store::commit`] but without the flush: several stages can share one.
+    /// Like [`Store::commit`] but without the flush.
     pub fn stage(
-        &mut self,
+        &self,
         changes: &[StateChange],
         transitions: &[AlertTransition],
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<CommitReport, StoreError> {
+        let mut next_seq = lock(&self.inner.next_seq);
         let mut batch = sled::Batch::default();
         for c in changes {
             match &c.value {
@@ -168,73 +240,166 @@ impl Store {
                 None => batch.remove(state_key(&c.key)),
             }
         }
+        let mut added = Vec::with_capacity(transitions.len());
         let mut seqs = Vec::with_capacity(transitions.len());
         for t in transitions {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            batch.insert(&outbox_key(seq), t.to_json().into_bytes());
+            let seq = *next_seq;
+            *next_seq += 1;
+            let json = t.to_json().into_bytes();
+            added.push((seq, t.severity, json.len() as u32));
+            batch.insert(&outbox_key(seq), json);
             seqs.push(seq);
         }
-        self.tree.apply_batch(batch).map_err(|e| self.err(e))?;
-        Ok(seqs)
+        // Bounds: drop the oldest entries of the lowest severity first.
+        let bounds = *lock(&self.inner.bounds);
+        let mut index = lock(&self.inner.outbox);
+        for &(seq, sev, len) in &added {
+            index.entries.insert(seq, (sev, len));
+            index.bytes += len as u64;
+        }
+        let mut dropped: BTreeMap<Severity, u64> = BTreeMap::new();
+        let over = |ix: &OutboxIndex| {
+            ix.entries.len() as u64 > bounds.max_entries || ix.bytes > bounds.max_bytes
+        };
+        if over(&index) {
+            for level in [
+                Severity::Low,
+                Severity::Medium,
+                Severity::High,
+                Severity::Critical,
+            ] {
+                let victims: Vec<u64> = index
+                    .entries
+                    .iter()
+                    .filter(|(_, (s, _))| *s == level)
+                    .map(|(&seq, _)| seq)
+                    .collect();
+                for seq in victims {
+                    if !over(&index) {
+                        break;
+                    }
+                    if let Some((_, len)) = index.entries.remove(&seq) {
+                        index.bytes -= len as u64;
+                        batch.remove(&outbox_key(seq));
+                        *dropped.entry(level).or_default() += 1;
+                    }
+                }
+                if !over(&index) {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.inner.tree.apply_batch(batch) {
+            // Nothing was applied: undo the index.
+            for &(seq, _, len) in &added {
+                if index.entries.remove(&seq).is_some() {
+                    index.bytes -= len as u64;
+                }
+            }
+            return Err(self.err(e));
+        }
+        if !dropped.is_empty() {
+            tracing::warn!(
+                ?dropped,
+                "outbox full: dropped the oldest transitions of the lowest severity"
+            );
+        }
+        Ok(CommitReport {
+            seqs,
+            dropped: dropped.into_iter().collect(),
+        })
     }
 
     /// Makes everything applied so far durable (one fsync).
     pub fn flush(&self) -> Result<usize, StoreError> {
-        self.db.flush().map_err(|e| self.err(e))
+        self.inner.db.flush().map_err(|e| self.err(e))
     }
 
     /// Outbox entries in delivery order, starting after `after`.
     pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         let start = outbox_key(after.saturating_add(1));
         let end = [OUTBOX + 1];
-        self.tree
+        self.inner
+            .tree
             .range(start.as_slice()..end.as_slice())
             .take(limit)
             .map(|r| {
                 let (k, v) = r.map_err(|e| self.err(e))?;
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&k[1..9]);
                 Ok(OutboxEntry {
-                    seq: u64::from_be_bytes(b),
+                    seq: seq_of(&k).unwrap_or(0),
                     payload: v.to_vec(),
                 })
             })
             .collect()
     }
 
-    /// Removes delivered entries (after the platform's PUBACK).
+    /// Removes delivered entries (after the platform's PUBACK). Not flushed:
+    /// if lost in a crash the entry is delivered again, which the platform
+    /// de-duplicates.
     pub fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for &s in seqs {
             batch.remove(&outbox_key(s));
         }
-        self.tree.apply_batch(batch).map_err(|e| self.err(e))
+        self.inner
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| self.err(e))?;
+        let mut index = lock(&self.inner.outbox);
+        for s in seqs {
+            if let Some((_, len)) = index.entries.remove(s) {
+                index.bytes -= len as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries waiting in the outbox, and their bytes.
+    pub fn outbox_size(&self) -> (u64, u64) {
+        let index = lock(&self.inner.outbox);
+        (index.entries.len() as u64, index.bytes)
     }
 
     /// Entries waiting in the outbox.
     pub fn outbox_len(&self) -> usize {
-        self.tree.scan_prefix([OUTBOX]).count()
+        lock(&self.inner.outbox).entries.len()
     }
 
-    /// Bytes sled has written to its files so far (for the flash budget).
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+    /// Fill of the outbox against its bounds, 0.0 to 1.0 (the larger of count and bytes).
+    pub fn outbox_fill(&self) -> f64 {
+        let bounds = *lock(&self.inner.bounds);
+        let (n, b) = self.outbox_size();
+        (n as f64 / bounds.max_entries as f64).max(b as f64 / bounds.max_bytes as f64)
     }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the
+/// data (counters and an index) is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{Location, Severity, Subject, SubjectKind, TransitionState};
+    use crate::alert::{Location, Subject, SubjectKind, TransitionState};
 
     fn transition(n: u32) -> AlertTransition {
+        transition_with(n, Severity::High)
+    }
+
+    fn transition_with(n: u32, severity: Severity) -> AlertTransition {
         AlertTransition {
             alert_id: format!("A{n}"),
             revision: 1,
             state: TransitionState::Raised,
             rule: "door_forced".into(),
-            severity: Severity::High,
+            severity,
             compound: "c".into(),
             subject: Subject {
                 kind: SubjectKind::Device,
@@ -253,17 +418,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         {
-            let mut s = Store::open(&path, 1 << 20, 0).unwrap();
+            let s = Store::open(&path, 1 << 20, 0).unwrap();
             let change = StateChange {
                 key: b"r\0R-1".to_vec(),
                 value: Some(vec![1, 2, 3]),
             };
-            let seqs = s
+            let report = s
                 .commit(&[change], &[transition(1), transition(2)])
                 .unwrap();
-            assert_eq!(seqs, vec![1, 2]);
+            assert_eq!(report.seqs, vec![1, 2]);
         }
-        let mut s = Store::open(&path, 1 << 20, 0).unwrap();
+        let s = Store::open(&path, 1 << 20, 0).unwrap();
         assert_eq!(
             s.load_state().unwrap(),
             vec![(b"r\0R-1".to_vec(), vec![1, 2, 3])]
@@ -276,7 +441,7 @@ mod tests {
         let first: AlertTransition = serde_json::from_slice(&pending[0].payload).unwrap();
         assert_eq!(first.alert_id, "A1");
         s.remove_outbox(&[1]).unwrap();
-        assert_eq!(s.commit(&[], &[transition(3)]).unwrap(), vec![3]);
+        assert_eq!(s.commit(&[], &[transition(3)]).unwrap().seqs, vec![3]);
         assert_eq!(s.outbox_after(0, 10).unwrap().len(), 2);
         let delete = StateChange {
             key: b"r\0R-1".to_vec(),
@@ -291,7 +456,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         {
-            let mut s = Store::open(&path, 1 << 20, 0).unwrap();
+            let s = Store::open(&path, 1 << 20, 0).unwrap();
             s.commit(&[], &[transition(1)]).unwrap();
         }
         // Scribble over sled's files.
@@ -306,5 +471,61 @@ mod tests {
         assert!(aside.to_string_lossy().ends_with(".corrupt-42"));
         assert!(aside.exists());
         assert_eq!(s.outbox_len(), 0);
+    }
+
+    #[test]
+    fn full_outbox_drops_oldest_low_first_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let s = Store::open(&path, 1 << 20, 0).unwrap();
+        s.set_bounds(OutboxBounds {
+            max_entries: 4,
+            max_bytes: u64::MAX,
+        });
+        let ts = [
+            transition_with(1, Severity::High),
+            transition_with(2, Severity::Low),
+            transition_with(3, Severity::Medium),
+            transition_with(4, Severity::Low),
+        ];
+        assert!(s.commit(&[], &ts).unwrap().dropped.is_empty());
+        assert_eq!(s.outbox_fill(), 1.0);
+        let r = s
+            .commit(
+                &[],
+                &[
+                    transition_with(5, Severity::Critical),
+                    transition_with(6, Severity::High),
+                ],
+            )
+            .unwrap();
+        assert_eq!(r.dropped, vec![(Severity::Low, 2)]);
+        let left: Vec<u64> = s
+            .outbox_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(left, vec![1, 3, 5, 6]);
+        let r = s.commit(&[], &[transition_with(7, Severity::Low)]).unwrap();
+        assert_eq!(
+            r.dropped,
+            vec![(Severity::Low, 1)],
+            "the new low entry is the oldest low one"
+        );
+        drop(s);
+        let s = Store::open(&path, 1 << 20, 0).unwrap();
+        assert_eq!(s.outbox_size().0, 4);
+        let r = s
+            .commit(&[], &[transition_with(8, Severity::High)])
+            .unwrap();
+        assert_eq!(r.seqs, vec![7], "sequence continues after the newest entry");
+        let order: Vec<u64> = s
+            .outbox_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(order, vec![1, 3, 5, 6, 7]);
     }
 }

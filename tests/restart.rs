@@ -21,7 +21,7 @@ const ROSTER: &str =
 
 fn commit(
     engine: &mut Engine,
-    store: &mut Store,
+    store: &Store,
     transitions: &[community_gateway::alert::AlertTransition],
 ) {
     let changes = engine.take_changes();
@@ -42,7 +42,7 @@ fn pending_inactivity_deadline_survives_restart_and_fires_once() {
     let path = dir.path().join("store");
     let start = ts("2026-11-02T08:00:00+08:00");
     {
-        let mut store = Store::open(&path, 1 << 20, 0).unwrap();
+        let store = Store::open(&path, 1 << 20, 0).unwrap();
         let mut e = engine(CONFIG, ROSTER);
         e.track_changes(true);
         let mut out = vec![];
@@ -52,11 +52,11 @@ fn pending_inactivity_deadline_survives_restart_and_fires_once() {
         let line = r#"{"type":"access","ts":"2026-11-02T10:06:00+08:00","device":"door-1","credential":"C2","granted":true,"direction":"in"}"#;
         e.handle(&decode(line, None).unwrap(), &mut out);
         assert!(out.is_empty());
-        commit(&mut e, &mut store, &out);
+        commit(&mut e, &store, &out);
     } // engine dropped: the process is gone
 
     // Restart an hour later and advance past the original deadline.
-    let (mut e, mut store) = reopen(&path);
+    let (mut e, store) = reopen(&path);
     let mut out = vec![];
     e.start(ts("2026-11-02T11:00:00+08:00"), &mut out);
     e.advance_to(ts("2026-11-03T10:04:59+08:00"), &mut out);
@@ -72,7 +72,7 @@ fn pending_inactivity_deadline_survives_restart_and_fires_once() {
         "exactly one alert, at the original deadline"
     );
     let raised = out[0].clone();
-    commit(&mut e, &mut store, &out);
+    commit(&mut e, &store, &out);
     drop((e, store));
 
     // Restart again: the open alert is remembered and not raised twice; the
@@ -106,7 +106,7 @@ fn acknowledged_alert_stays_acknowledged_after_restart() {
     let path = dir.path().join("store");
     let id;
     {
-        let mut store = Store::open(&path, 1 << 20, 0).unwrap();
+        let store = Store::open(&path, 1 << 20, 0).unwrap();
         let mut e = engine(CONFIG, ROSTER);
         e.track_changes(true);
         let mut out = vec![];
@@ -115,7 +115,7 @@ fn acknowledged_alert_stays_acknowledged_after_restart() {
         assert_eq!(out.len(), 2);
         id = out[0].alert_id.clone();
         assert!(e.acknowledge(&id, "grid-worker-7"));
-        commit(&mut e, &mut store, &out);
+        commit(&mut e, &store, &out);
     }
     let (mut e, _store) = reopen(&path);
     let mut out = vec![];

@@ -14,7 +14,11 @@
 //! 3. The pieces that deserialized are assembled into a [`RawConfig`] and
 //!    checked for what types cannot say (ids, ranges, cross-field rules).
 
-use super::{Config, DeviceConfig, DeviceKind, Problem, Problems, RawConfig, RulesConfig};
+use super::{
+    Config, DeviceConfig, DeviceKind, FieldSpec, LocalMqttConfig, MappingConfig, OutboxConfig,
+    PlatformConfig, Problem, Problems, RawConfig, RulesConfig, SubscriptionConfig, TlsConfig,
+};
+use crate::sources::mapping::{check_mapping, format_names, preset, PRESETS};
 use crate::time::{Calendar, HumanDuration};
 use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 use serde::Deserialize;
@@ -490,7 +494,12 @@ impl<'a> Ctx<'a> {
         }
         for u in unknown {
             let name = u.last_key().unwrap_or_default().to_string();
-            let valid = keys_at::<T>(&u.parent());
+            let mut valid = keys_at::<T>(&u.parent());
+            let parent = prefix.join(&u.parent());
+            if valid.is_empty() && is_mapping_field(&parent) {
+                // A FieldSource table: its visitor hides the struct from the probe.
+                valid = keys_at::<FieldSpec>(&KeyPath::root());
+            }
             self.report(&prefix.join(&u), unknown_message("key", &name, &valid));
         }
         ok
@@ -590,7 +599,15 @@ impl<'a> Ctx<'a> {
         }
 
         self.check_devices(&raw.devices, devices);
+        self.check_aliases(&raw.devices, devices);
         self.check_rules(&raw.rules);
+        self.check_mappings(&raw.mappings);
+        let local_mqtt = raw
+            .local_mqtt
+            .map(|m| self.check_local_mqtt(m, &raw.devices, &raw.mappings, &base));
+        let platform = raw.platform.map(|p| self.check_platform(p, &base));
+        self.check_outbox(&raw.outbox);
+        self.check_admin(&raw.admin);
 
         let timezone = timezone?;
         let mut storage = raw.storage;
@@ -606,9 +623,9 @@ impl<'a> Ctx<'a> {
             privacy: raw.privacy,
             devices: raw.devices,
             rules: raw.rules,
-            local_mqtt: raw.local_mqtt,
+            local_mqtt,
             mappings: raw.mappings,
-            platform: raw.platform,
+            platform,
             outbox: raw.outbox,
             admin: raw.admin,
         })
@@ -737,6 +754,380 @@ impl<'a> Ctx<'a> {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether `path` or one of its ancestors had a bad value (and was reported).
+    fn removed_at_or_above(&self, path: &KeyPath) -> bool {
+        (0..=path.0.len()).any(|n| self.removed.contains(&KeyPath(path.0[..n].to_vec())))
+    }
+
+    /// `[[devices]].aliases`: unique across devices, never another device's id.
+    fn check_aliases(&mut self, parsed: &[DeviceConfig], entries: &[DeviceEntry]) {
+        let devices = KeyPath::root().key("devices");
+        let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(d) = entry.parsed.and_then(|p| parsed.get(p)) {
+                ids.entry(d.id.as_str()).or_insert(i);
+            }
+        }
+        let mut seen: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(d) = entry.parsed.and_then(|p| parsed.get(p)) else {
+                continue;
+            };
+            for (j, alias) in d.aliases.iter().enumerate() {
+                let at = devices.index(i).key("aliases").index(j);
+                if alias.is_empty() {
+                    self.report(&at, "an alias must not be empty");
+                    continue;
+                }
+                if let Some(&k) = ids.get(alias.as_str()) {
+                    if k != i {
+                        let line = self.loc.line_of(&devices.index(k).key("id"));
+                        self.report(
+                            &at,
+                            format!("alias `{alias}` is the id of another device (declared at line {line})"),
+                        );
+                        continue;
+                    }
+                }
+                match seen.get(alias.as_str()) {
+                    Some(&(k, _)) if k == i => {
+                        self.report(&at, format!("alias `{alias}` is listed twice"))
+                    }
+                    Some(&(k, other)) => {
+                        let line = self.loc.line_of(&devices.index(k).key("aliases"));
+                        self.report(
+                            &at,
+                            format!("alias `{alias}` is already an alias of device `{other}` (line {line}); an alias names one device"),
+                        );
+                    }
+                    None => {
+                        seen.insert(alias, (i, d.id.as_str()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `[mappings.<name>]`: names free, each mapping consistent.
+    fn check_mappings(&mut self, mappings: &BTreeMap<String, MappingConfig>) {
+        let root = KeyPath::root().key("mappings");
+        for (name, m) in mappings {
+            let at = root.key(name);
+            if name == "canonical" || PRESETS.contains(&name.as_str()) {
+                self.report(
+                    &at,
+                    format!("`{name}` is the name of a built-in format; give this mapping another name (to change a preset, copy it under a new name)"),
+                );
+            }
+            for (rel, msg) in check_mapping(m) {
+                let path = rel.split('.').fold(at.clone(), |p, k| p.key(k));
+                if !self.removed_at_or_above(&path) {
+                    self.report(&path, msg);
+                }
+            }
+        }
+    }
+
+    /// `[local_mqtt]` and its subscriptions; TLS paths come back resolved.
+    fn check_local_mqtt(
+        &mut self,
+        mut m: LocalMqttConfig,
+        devices: &[DeviceConfig],
+        mappings: &BTreeMap<String, MappingConfig>,
+        base: &Path,
+    ) -> LocalMqttConfig {
+        let at = KeyPath::root().key("local_mqtt");
+        if m.host.trim().is_empty() && !self.any_removed(&at, &["host"]) {
+            self.report(
+                &at.key("host"),
+                "must not be empty (the local broker's address, e.g. \"127.0.0.1\")",
+            );
+        }
+        if m.port == 0 {
+            self.report(&at.key("port"), "must be from 1 to 65535 (usually 1883)");
+        }
+        self.client_id(&at, &m.client_id);
+        self.keep_alive(&at, m.keep_alive);
+        if m.max_payload < 256 {
+            self.report(
+                &at.key("max_payload"),
+                format!("{} is too small; use at least 256 (bytes)", m.max_payload),
+            );
+        }
+        if m.queue < 1 {
+            self.report(&at.key("queue"), "must be at least 1");
+        }
+        if let Some(tls) = m.tls.as_mut() {
+            self.check_tls(&at.key("tls"), tls, base);
+        }
+        let subs = at.key("subscriptions");
+        let mut topics: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, s) in m.subscriptions.iter().enumerate() {
+            let here = subs.index(i);
+            self.check_subscription(&here, s, devices, mappings);
+            if let Some(&first) = topics.get(s.topic.as_str()) {
+                let line = self.loc.line_of(&subs.index(first).key("topic"));
+                self.report(
+                    &here.key("topic"),
+                    format!("topic `{}` is already subscribed at line {line}; each message would be counted twice", s.topic),
+                );
+            } else {
+                topics.insert(&s.topic, i);
+            }
+        }
+        m
+    }
+
+    fn check_subscription(
+        &mut self,
+        at: &KeyPath,
+        s: &SubscriptionConfig,
+        devices: &[DeviceConfig],
+        mappings: &BTreeMap<String, MappingConfig>,
+    ) {
+        let topic_ok = if s.topic.is_empty() {
+            self.report(
+                &at.key("topic"),
+                "must not be empty (an MQTT topic filter, e.g. \"community/tianlin-12/events/#\")",
+            );
+            false
+        } else if let Err(e) = check_topic_filter(&s.topic) {
+            self.report(&at.key("topic"), e);
+            false
+        } else {
+            true
+        };
+        if s.qos > 1 {
+            self.report(
+                &at.key("qos"),
+                format!("QoS {} is not supported; use 1 (a message is acknowledged only after its alerts are stored) or 0", s.qos),
+            );
+        }
+        let mapping: Option<MappingConfig> = if s.format == "canonical" {
+            None
+        } else if let Some(p) = preset(&s.format) {
+            Some(p)
+        } else if let Some(m) = mappings.get(&s.format) {
+            Some(m.clone())
+        } else {
+            if !self.any_removed(at, &["format"]) {
+                self.report(
+                    &at.key("format"),
+                    format!(
+                        "unknown format `{}`; expected {}",
+                        s.format,
+                        format_names(mappings.keys().map(String::as_str))
+                    ),
+                );
+            }
+            None
+        };
+        if s.device.is_some() && s.device_topic_level.is_some() {
+            self.report(
+                &at.key("device_topic_level"),
+                "set either `device` (every message comes from that device) or `device_topic_level` (the device id is in the topic), not both",
+            );
+        }
+        if let Some(d) = &s.device {
+            if !devices.iter().any(|x| &x.id == d) {
+                let msg = match devices.iter().find(|x| x.aliases.contains(d)) {
+                    Some(owner) => format!(
+                        "`{d}` is an alias of device `{}`; write the device id here",
+                        owner.id
+                    ),
+                    None => format!(
+                        "`{d}` is not a declared device; declare it in a [[devices]] block or use one of: {}",
+                        devices.iter().map(|x| x.id.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                self.report(&at.key("device"), msg);
+            }
+        }
+        if let (Some(n), true) = (s.device_topic_level, topic_ok) {
+            let levels: Vec<&str> = s.topic.split('/').collect();
+            if !levels.contains(&"#") && n >= levels.len() {
+                self.report(
+                    &at.key("device_topic_level"),
+                    format!(
+                        "topic `{}` has {} levels, numbered 0 to {}; level {n} never exists",
+                        s.topic,
+                        levels.len(),
+                        levels.len() - 1
+                    ),
+                );
+            }
+        }
+        if let Some(m) = mapping {
+            if m.device.is_none() && s.device.is_none() && s.device_topic_level.is_none() {
+                self.report(
+                    at,
+                    format!("mapping `{}` does not say which device a message comes from; set `device` or `device_topic_level` here", s.format),
+                );
+            }
+        }
+    }
+
+    /// `[platform]`; TLS paths come back resolved.
+    fn check_platform(&mut self, mut p: PlatformConfig, base: &Path) -> PlatformConfig {
+        let at = KeyPath::root().key("platform");
+        if p.host.trim().is_empty() && !self.any_removed(&at, &["host"]) {
+            self.report(
+                &at.key("host"),
+                "must be set to the platform broker's address, e.g. \"platform.example.cn\"",
+            );
+        }
+        if p.port == 0 {
+            self.report(&at.key("port"), "must be from 1 to 65535 (usually 8883)");
+        }
+        self.client_id(&at, &p.client_id);
+        self.keep_alive(&at, p.keep_alive);
+        match (p.tls.as_mut(), p.plaintext) {
+            (None, false) => {
+                if !self.any_removed(&at, &["tls", "plaintext"]) {
+                    self.report(
+                        &at.key("tls"),
+                        "missing [platform.tls]: the platform is reached over TLS; give at least `ca_file` (plaintext = true is for tests on one machine only)",
+                    );
+                }
+            }
+            (Some(tls), plaintext) => {
+                if plaintext {
+                    self.report(
+                        &at.key("plaintext"),
+                        "plaintext = true contradicts [platform.tls]; remove one of them",
+                    );
+                }
+                self.check_tls(&at.key("tls"), tls, base);
+            }
+            (None, true) => {}
+        }
+        if p.inflight < 1 {
+            self.report(&at.key("inflight"), "must be at least 1");
+        }
+        for (key, topic) in [
+            ("alerts_topic", &p.alerts_topic),
+            ("status_topic", &p.status_topic),
+            ("commands_topic", &p.commands_topic),
+        ] {
+            if topic.is_empty() {
+                self.report(&at.key(key), "must not be empty");
+            } else if topic.contains(['+', '#']) {
+                self.report(
+                    &at.key(key),
+                    format!("`{topic}` must not contain `+` or `#`: it is one topic, not a filter"),
+                );
+            }
+        }
+        p
+    }
+
+    fn client_id(&mut self, at: &KeyPath, id: &Option<String>) {
+        if id.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            self.report(
+                &at.key("client_id"),
+                "must not be empty; remove the key to use community-gateway-<compound>",
+            );
+        }
+    }
+
+    fn keep_alive(&mut self, at: &KeyPath, d: HumanDuration) {
+        if d.0 < std::time::Duration::from_secs(5) {
+            self.report(
+                &at.key("keep_alive"),
+                format!("{d} is too short; use at least 5s"),
+            );
+        }
+    }
+
+    /// Checks a TLS table and resolves its paths against the config folder.
+    fn check_tls(&mut self, at: &KeyPath, tls: &mut TlsConfig, base: &Path) {
+        tls.ca_file = self.check_file(&at.key("ca_file"), &tls.ca_file, base, "CA certificate");
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => self.report(
+                &at.key("cert_file"),
+                "a client certificate needs its private key: set `key_file` too, or remove `cert_file`",
+            ),
+            (None, Some(_)) => self.report(
+                &at.key("key_file"),
+                "a private key needs its client certificate: set `cert_file` too, or remove `key_file`",
+            ),
+            _ => {}
+        }
+        if let Some(c) = &tls.cert_file {
+            tls.cert_file =
+                Some(self.check_file(&at.key("cert_file"), c, base, "client certificate"));
+        }
+        if let Some(k) = &tls.key_file {
+            tls.key_file = Some(self.check_file(&at.key("key_file"), k, base, "private key"));
+        }
+        if tls
+            .server_name
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            self.report(
+                &at.key("server_name"),
+                "must not be empty; remove the key to verify the broker's `host`",
+            );
+        }
+    }
+
+    /// Reports a missing or unreadable file; returns the resolved path.
+    fn check_file(&mut self, at: &KeyPath, path: &Path, base: &Path, what: &str) -> PathBuf {
+        let resolved = base.join(path);
+        if path.as_os_str().is_empty() {
+            self.report(at, "must not be empty");
+            return resolved;
+        }
+        match std::fs::metadata(&resolved) {
+            Ok(m) if m.is_dir() => self.report(
+                at,
+                format!("`{}` is a folder, not a {what} file", resolved.display()),
+            ),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.report(
+                at,
+                format!(
+                    "{what} file `{}` does not exist (relative paths are resolved against the configuration file's folder)",
+                    resolved.display()
+                ),
+            ),
+            Err(e) => self.report(
+                at,
+                format!("cannot read {what} file `{}`: {e}", resolved.display()),
+            ),
+        }
+        resolved
+    }
+
+    fn check_outbox(&mut self, o: &OutboxConfig) {
+        let at = KeyPath::root().key("outbox");
+        if o.max_entries < 10 {
+            self.report(
+                &at.key("max_entries"),
+                format!("{} is too small; use at least 10", o.max_entries),
+            );
+        }
+        if o.max_bytes < 64 * 1024 {
+            self.report(
+                &at.key("max_bytes"),
+                format!("{} is too small; use at least 65536 (64 KiB)", o.max_bytes),
+            );
+        }
+    }
+
+    fn check_admin(&mut self, a: &super::AdminConfig) {
+        if a.listen.parse::<std::net::SocketAddr>().is_err() {
+            self.report(
+                &KeyPath::root().key("admin").key("listen"),
+                format!(
+                    "`{}` is not an address and port, e.g. \"127.0.0.1:9464\"",
+                    a.listen
+                ),
+            );
         }
     }
 
@@ -894,6 +1285,35 @@ fn escalations(r: &RulesConfig) -> [(&'static str, Option<HumanDuration>); 17] {
         ("device_offline", r.device_offline.escalate_after),
         ("gateway_health", r.gateway_health.escalate_after),
     ]
+}
+
+/// `mappings.<name>.<field>`: where a [`FieldSpec`] table sits.
+fn is_mapping_field(p: &KeyPath) -> bool {
+    matches!(p.0.as_slice(), [Seg::Key(m), Seg::Key(_), Seg::Key(_)] if m == "mappings")
+}
+
+/// An MQTT topic filter: `+` and `#` only as whole levels, `#` only last.
+fn check_topic_filter(t: &str) -> Result<(), String> {
+    if t.len() > 65_535 {
+        return Err("is longer than MQTT allows (65535 bytes)".to_string());
+    }
+    if t.contains('\0') {
+        return Err("must not contain a NUL character".to_string());
+    }
+    let levels: Vec<&str> = t.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err(format!(
+                "`{t}` is not a valid topic filter: `#` must be a whole level and the last one, e.g. \"a/b/#\""
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!(
+                "`{t}` is not a valid topic filter: `+` must be a whole level, e.g. \"a/+/c\""
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A fault-code key: decimal (`12`) or hexadecimal (`0x1A`).

@@ -56,7 +56,8 @@ impl<'de> Deserialize<'de> for FieldSource {
                 Ok(FieldSource::Pointer(v.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSource, A::Error> {
-                FieldSpec::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldSource::Spec)
+                FieldSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FieldSource::Spec)
             }
         }
         d.deserialize_any(V)

@@ -177,6 +177,22 @@ impl Engine {
         &self.calendar
     }
 
+    /// When the earliest timer may be due (a live caller sleeps until then).
+    /// It can be early (a deadline that moved later), never late.
+    pub fn next_deadline(&self) -> Option<Ts> {
+        self.timers.peek()
+    }
+
+    /// The clock restored from the store, if any (before [`Engine::start`]).
+    pub fn restored_clock(&self) -> Option<Ts> {
+        (!self.started && self.now != i64::MIN).then_some(self.now)
+    }
+
+    /// Open alerts right now.
+    pub fn open_alert_count(&self) -> usize {
+        self.alerts.len()
+    }
+
     /// Starts the clock at `now`: watched residents with no history are
     /// counted from now, heartbeat devices get their first deadline, the
     /// midnight evaluation is scheduled, and deadlines restored from the

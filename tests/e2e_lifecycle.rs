@@ -1,0 +1,120 @@
+//! Acceptance: stopping and starting the gateway. SIGTERM drains and exits
+//! 0; while it is stopped, the local broker keeps its persistent session and
+//! on start it catches up on every event published meanwhile.
+
+mod support;
+
+use support::events::{access, door, topic};
+use support::{has, of, secs, Env, Gateway};
+
+#[test]
+fn sigterm_drains_and_exits_0_and_nothing_is_lost() {
+    let env = Env::new();
+    let sub = env.subscriber();
+    let mut cfg = env.config();
+    let n = 20;
+    cfg.devices.push_str(
+        &(0..n)
+            .map(|i| {
+                format!("\n[[devices]]\nid = \"kd-t-{i}\"\nkind = \"access\"\nbuilding = \"9\"\n")
+            })
+            .collect::<String>(),
+    );
+    let mut gw = Gateway::start(cfg);
+    gw.wait_ready(secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    sub.wait_for_status(|v| v["state"] == "online", secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut dev = env.publisher();
+    let kd: Vec<String> = (0..n).map(|i| format!("kd-t-{i}")).collect();
+    for d in &kd {
+        dev.send(&topic(d), door(d, "forced").to_string());
+        dev.send(&topic(d), door(d, "closed").to_string());
+    }
+
+    // Stop while those are in flight.
+    let status = gw.terminate().unwrap_or_else(|e| panic!("{e}"));
+    dev.flush(secs(10));
+    assert_eq!(status.code(), Some(0), "{}", gw.log_tail(40));
+    // It said goodbye: the retained status is no longer `online`.
+    sub.wait_for_status(|v| v["state"] == "offline", secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Whatever it had not finished is done after the next start.
+    gw.spawn();
+    let all = sub
+        .wait_for(
+            |a| {
+                kd.iter().all(|d| {
+                    has(a, "door_forced", d, "raised") && has(a, "door_forced", d, "cleared")
+                })
+            },
+            secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    for d in &kd {
+        let ids: std::collections::BTreeSet<&str> = of(&all, "door_forced", d)
+            .iter()
+            .filter_map(|t| t["alert_id"].as_str())
+            .collect();
+        assert_eq!(ids.len(), 1, "{d}:\n{}", support::brief(&all));
+    }
+    gw.wait_ready(secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    let status = gw.terminate().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(0), "{}", gw.log_tail(40));
+}
+
+#[test]
+fn after_a_stop_the_gateway_catches_up_from_its_persistent_session() {
+    let env = Env::new();
+    let sub = env.subscriber();
+    let mut cfg = env.config();
+    cfg.rules = "[rules.denied_burst]\ncount = 50\nwindow = \"2m\"\n".into();
+    let mut gw = Gateway::start(cfg);
+    gw.wait_ready(secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    sub.wait_for_status(|v| v["state"] == "online", secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = gw.terminate().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(0), "{}", gw.log_tail(40));
+
+    // Ten minutes of a door at one event per second, published while the
+    // gateway is down: 50 refusals among granted swipes, then a forced door.
+    let n = 600;
+    let mut dev = env.publisher();
+    for i in 0..n {
+        let event = if i == n - 1 {
+            door("door-2", "forced")
+        } else if i % 12 == 5 {
+            access("door-3", &format!("X-{i}"), false, "in")
+        } else {
+            access("door-1", "C-1001", true, "in")
+        };
+        let device = event["device"].as_str().unwrap().to_string();
+        dev.send(&topic(&device), event.to_string());
+    }
+    dev.flush(secs(30));
+
+    gw.spawn();
+    gw.wait_metric("cg_events_processed_total", |v| v >= n as f64, secs(30))
+        .unwrap_or_else(|e| panic!("not every event was processed: {e}\n{}", gw.log_tail(40)));
+    let all = sub
+        .wait_for(
+            |a| {
+                has(a, "denied_burst", "door-3", "raised")
+                    && has(a, "door_forced", "door-2", "raised")
+            },
+            secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The burst needed all 50 refusals: raised once.
+    let raises = of(&all, "denied_burst", "door-3")
+        .into_iter()
+        .filter(|t| t["state"] == "raised")
+        .count();
+    assert_eq!(raises, 1, "{}", support::brief(&all));
+    let m = gw.metrics().unwrap();
+    assert_eq!(
+        support::gateway::sum_of(&m, "cg_events_rejected_total"),
+        0.0,
+        "{m:?}"
+    );
+}
