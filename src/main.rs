@@ -23,6 +23,7 @@ enum Command {
         config: PathBuf,
     },
     /// The whole pipeline on this machine: in-process brokers, simulated doors, accelerated clock.
+    #[cfg(feature = "demo")]
     Demo {
         /// How many times faster than real time the simulated clock runs.
         #[arg(long, default_value_t = 120.0)]
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
     init_logging();
     let code = match cli.command {
         Command::Run { config } => community_gateway::daemon::run(&config),
+        #[cfg(feature = "demo")]
         Command::Demo {
             speed,
             duration,
@@ -84,18 +86,26 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Logs to stderr (journald adds time and unit). `RUST_LOG` filters, default `info`.
+/// Logs to stderr (journald adds time and unit). `RUST_LOG` filters with
+/// `level` or `target=level` directives (e.g. `debug`, `info,rumqttc=debug`);
+/// default `info`. (Targets, not EnvFilter: no regex engine in the binary.)
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
-    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default: tracing_subscriber::filter::Targets = "info,rumqttd=off"
+        .parse()
+        .unwrap_or_default();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) => spec.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG: {e}; using `info`");
+            default.clone()
+        }),
+        Err(_) => default,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false)
-        .with_timer(tracing_subscriber::fmt::time::SystemTime)
-        .compact()
-        .try_init()
-        .map(|_| under_systemd);
+        .compact();
+    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
 }

@@ -85,6 +85,10 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     next_seq: Mutex<u64>,
+    /// Highest outbox sequence known to be flushed. Readers of the outbox
+    /// never see past it: an alert is not published before it is durable
+    /// (sled makes applied batches readable before they are flushed).
+    durable_seq: std::sync::atomic::AtomicU64,
     outbox: Mutex<OutboxIndex>,
     bounds: Mutex<OutboxBounds>,
     recovered_from: Option<PathBuf>,
@@ -163,6 +167,7 @@ impl Store {
                 db,
                 tree,
                 next_seq: Mutex::new(next_seq),
+                durable_seq: std::sync::atomic::AtomicU64::new(next_seq - 1),
                 outbox: Mutex::new(index),
                 bounds: Mutex::new(OutboxBounds::default()),
                 recovered_from,
@@ -310,15 +315,25 @@ impl Store {
         })
     }
 
-    /// Makes everything applied so far durable (one fsync).
+    /// Makes everything applied so far durable (one fsync), and releases
+    /// the outbox entries it covers to readers.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        self.inner.db.flush().map_err(|e| self.err(e))
+        let applied = *lock(&self.inner.next_seq) - 1;
+        let n = self.inner.db.flush().map_err(|e| self.err(e))?;
+        self.inner
+            .durable_seq
+            .fetch_max(applied, std::sync::atomic::Ordering::AcqRel);
+        Ok(n)
     }
 
-    /// Outbox entries in delivery order, starting after `after`.
+    /// Durable outbox entries in delivery order, starting after `after`.
     pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let durable = self.inner.durable_seq.load(std::sync::atomic::Ordering::Acquire);
+        if after >= durable {
+            return Ok(Vec::new());
+        }
         let start = outbox_key(after.saturating_add(1));
-        let end = [OUTBOX + 1];
+        let end = outbox_key(durable.saturating_add(1));
         self.inner
             .tree
             .range(start.as_slice()..end.as_slice())
@@ -527,5 +542,19 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(order, vec![1, 3, 5, 6, 7]);
+    }
+
+    #[test]
+    fn readers_never_see_entries_before_they_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store"), 1 << 20, 0).unwrap();
+        s.stage(&[], &[transition(1)]).unwrap();
+        assert!(s.outbox_after(0, 10).unwrap().is_empty(), "applied but not flushed");
+        s.flush().unwrap();
+        assert_eq!(s.outbox_after(0, 10).unwrap().len(), 1);
+        s.stage(&[], &[transition(2)]).unwrap();
+        assert_eq!(s.outbox_after(0, 10).unwrap().len(), 1);
+        s.commit(&[], &[transition(3)]).unwrap();
+        assert_eq!(s.outbox_after(0, 10).unwrap().len(), 3);
     }
 }

@@ -22,9 +22,15 @@ fn devices(prefix: &str, n: usize) -> String {
         .collect()
 }
 
+/// The fields that say which transition a message is: copies sharing
+/// (`alert_id`, `revision`) must agree on them.
+const IDENTITY: [&str; 6] = ["rule", "subject", "state", "severity", "since", "compound"];
+
 /// Checks the transitions of `door_forced` for each of `devices`: exactly
-/// one alert per device, revisions 1 (raised) and 2 (cleared) present,
-/// first arrivals in increasing revision order, duplicates identical.
+/// one alert per device (a re-raise under a new `alert_id` would stay open
+/// on the platform forever), revisions 1 (raised) and 2 (cleared) present,
+/// first arrivals in increasing revision order, duplicates the same
+/// transition.
 fn check_forced_and_cleared(all: &[Value], devices: &[String]) {
     let text = support::brief(all);
     let mut copies: BTreeMap<(String, u64), &Value> = BTreeMap::new();
@@ -34,10 +40,18 @@ fn check_forced_and_cleared(all: &[Value], devices: &[String]) {
             a["revision"].as_u64().unwrap_or_default(),
         );
         if let Some(first) = copies.get(&key) {
-            assert_eq!(
-                *first, a,
-                "two different transitions share {key:?}:\n{text}"
-            );
+            for field in IDENTITY {
+                assert_eq!(
+                    first[field], a[field],
+                    "two different transitions share {key:?}:\n{first}\n{a}\n{text}"
+                );
+            }
+            if first["at"] != a["at"] {
+                eprintln!(
+                    "note: copies of {key:?} differ in `at`: {} / {}",
+                    first["at"], a["at"]
+                );
+            }
         } else {
             copies.insert(key, a);
         }
@@ -96,8 +110,6 @@ fn alerts_raised_during_a_platform_outage_arrive_in_order_after_it() {
     // All seven transitions wait in the outbox while the platform is away.
     gw.wait_metric("cg_outbox_entries", |n| n >= 7.0, secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(secs(1));
-    assert_eq!(sub.alerts().len(), 1, "{}", support::brief(&sub.alerts()));
 
     env.platform.start();
     let all = sub
@@ -157,7 +169,7 @@ fn every_transition_arrives_despite_repeated_sigkill() {
     let env = Env::new();
     let sub = env.subscriber();
     let mut cfg = env.config();
-    let cycles = 8;
+    let cycles = 10;
     let per = 10;
     cfg.devices.push_str(&devices("k", cycles * per));
     let mut gw = Gateway::start(cfg);

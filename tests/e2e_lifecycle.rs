@@ -118,3 +118,51 @@ fn after_a_stop_the_gateway_catches_up_from_its_persistent_session() {
         "{m:?}"
     );
 }
+
+#[test]
+fn sighup_reloads_rules_and_keeps_the_old_configuration_when_the_new_one_is_invalid() {
+    let env = Env::new();
+    let sub = env.subscriber();
+    let mut cfg = env.config();
+    cfg.rules = "[rules.denied_burst]\ncount = 50\n".into();
+    let mut gw = Gateway::start(cfg.clone());
+    gw.wait_ready(secs(20)).unwrap_or_else(|e| panic!("{e}"));
+
+    // A reload with a lower threshold takes effect without a restart.
+    cfg.rules = "[rules.denied_burst]\ncount = 2\n".into();
+    gw.set_config(cfg.clone());
+    gw.reload().unwrap();
+    gw.wait_metric(
+        "cg_config_reloads_total{result=\"ok\"}",
+        |n| n >= 1.0,
+        secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
+    let mut dev = env.publisher();
+    dev.publish_json(&topic("door-1"), &access("door-1", "X-1", false, "in"));
+    dev.publish_json(&topic("door-1"), &access("door-1", "X-2", false, "in"));
+    sub.wait_for(|a| has(a, "denied_burst", "door-1", "raised"), secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // An invalid one is rejected, logged, and the running one stays.
+    let good = gw.config_text();
+    std::fs::write(
+        gw.config_path(),
+        format!("{good}\n[rules.denied_burst_typo]\ncount = 2\n"),
+    )
+    .unwrap();
+    gw.reload().unwrap();
+    gw.wait_metric(
+        "cg_config_reloads_total{result=\"error\"}",
+        |n| n >= 1.0,
+        secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
+    gw.wait_log(|l| l.contains("denied_burst_typo"), secs(5))
+        .unwrap_or_else(|e| panic!("the rejection does not name the problem: {e}"));
+    assert!(gw.is_running());
+    dev.publish_json(&topic("door-2"), &access("door-2", "X-3", false, "in"));
+    dev.publish_json(&topic("door-2"), &access("door-2", "X-4", false, "in"));
+    sub.wait_for(|a| has(a, "denied_burst", "door-2", "raised"), secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -219,9 +219,7 @@ impl Mosquitto {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        let _ = super::gateway::send_signal(child.id(), "TERM");
         let exited = wait_until(Duration::from_secs(5), "mosquitto to exit", || {
             child.try_wait().ok().flatten()
         });

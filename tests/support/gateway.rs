@@ -539,16 +539,7 @@ impl Gateway {
     /// Sends `SIG<name>` with the `kill` command.
     pub fn signal(&mut self, name: &str) -> Result<(), String> {
         let pid = self.pid().ok_or("the gateway is not running")?;
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .map_err(|e| format!("kill: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("kill -{name} {pid}: {status}"))
-        }
+        send_signal(pid, name)
     }
 
     /// Stops the process if it runs (SIGTERM; SIGKILL if it hangs) and starts
@@ -608,6 +599,28 @@ impl Drop for Gateway {
                 self.config_text()
             );
         }
+    }
+}
+
+/// `kill -<name> <pid>`: the `kill` program, or the shell's builtin where
+/// the program is not installed (minimal containers).
+pub fn send_signal(pid: u32, name: &str) -> Result<(), String> {
+    let status = match Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+    {
+        Ok(s) => s,
+        Err(_) => Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{name} {pid}"))
+            .status()
+            .map_err(|e| format!("kill: {e}"))?,
+    };
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{name} {pid}: {status}"))
     }
 }
 

@@ -12,6 +12,23 @@
 //!   the test CA. Works on a fresh machine with nothing installed.
 //! - `mosquitto`: `/usr/sbin/mosquitto` processes (CI installs the package);
 //!   the platform broker has a TLS listener with `require_certificate true`.
+//!
+//! Other knobs: `CG_TEST_GATEWAY_LOG` (the gateway's `RUST_LOG`, default
+//! `info`); `CG_TEST_KEEP_LOGS=<folder>` keeps each test's gateway log there.
+//! A failing test prints the tail of its gateway's log and its configuration.
+//!
+//! A test typically reads:
+//!
+//! ```ignore
+//! let env = Env::new();                 // certificates, local and platform brokers
+//! let sub = env.subscriber();           // platform side, mutual TLS, before the gateway
+//! let mut cfg = env.config();           // GatewayConfig pointing at both brokers
+//! cfg.rules = "[rules.denied_burst]\ncount = 2\n".into();
+//! let mut gw = Gateway::start(cfg);     // `community-gateway run --config ...`
+//! let mut dev = env.publisher();        // a door controller on the local broker
+//! dev.publish_json(&events::topic("door-1"), &events::door("door-1", "forced"));
+//! sub.wait_for(|a| has(a, "door_forced", "door-1", "raised"), secs(10)).unwrap();
+//! ```
 #![allow(dead_code)]
 
 pub mod broker;

@@ -164,6 +164,10 @@ impl Publisher {
     pub fn connect(port: u16) -> Result<Publisher, String> {
         let mut opts = MqttOptions::new(client_id("e2e-device"), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
+        // A persistent session: after a broker outage rumqttc resends what
+        // was not acknowledged only when the broker reports the session as
+        // present (it drops it on a clean session).
+        opts.set_clean_session(false);
         opts.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
         opts.set_inflight(100);
         let (client, connection) = Client::new(opts, 1000);
@@ -197,8 +201,9 @@ impl Publisher {
         })
         .unwrap_or_else(|e| {
             panic!(
-                "{e}: {} of {sent} acknowledged; last error: {}",
+                "{e}: {} of {sent} acknowledged; {} connection(s); last error: {}",
                 self.progress.pubacks.load(Ordering::SeqCst),
+                self.progress.connacks.load(Ordering::SeqCst),
                 self.progress.last_error()
             )
         });
