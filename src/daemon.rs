@@ -29,7 +29,7 @@ use crate::store::{OutboxBounds, Store};
 use crate::systemd;
 use crate::time::{Calendar, Ts};
 use rumqttc::{AsyncClient, Publish, QoS};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,28 +136,46 @@ impl RateLimitedLog {
 /// disconnect). After a (re)connect the broker first resends what it has not
 /// seen acknowledged, in the original order, and what we had committed comes
 /// first; so from each ConnAck on, messages are skipped while they are among
-/// the last committed ones, until the first one that is not. The hashes of
-/// the last two commits are persisted with them, so this works after a
-/// crash too.
+/// the recently committed ones, until the first one that is not.
+///
+/// "Recently" must cover every message committed but possibly not yet
+/// acknowledged: at most the broker's in-flight window plus our queue. The
+/// hashes of the last `capacity` committed messages live in a ring of fixed
+/// store slots, written with the commit they belong to (one 8-byte value per
+/// message, no deletions).
 struct Redelivery {
-    /// Hashes of the messages of the last two commits, newest last.
-    committed: VecDeque<Vec<u64>>,
+    ring: Vec<u64>,
+    next: u64,
     /// Armed at ConnAck: the set to skip against.
     guard: Option<std::collections::HashSet<u64>>,
 }
 
-/// Key of the persisted hashes (outside the engine's record prefixes).
-const REDELIVERY_KEY: &[u8] = b"x\0redelivery";
+/// Store keys of the ring (outside the engine's record prefixes).
+const RING_PREFIX: &[u8] = b"x\0r";
+const RING_NEXT_KEY: &[u8] = b"x\0n";
 
 impl Redelivery {
-    fn new(persisted: Option<&[u8]>) -> Self {
-        let hashes: Vec<u64> = persisted
-            .unwrap_or_default()
-            .chunks_exact(8)
-            .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
-            .collect();
+    fn new(capacity: usize, records: &[(Vec<u8>, Vec<u8>)]) -> Self {
+        let mut ring = vec![0u64; capacity.max(1)];
+        let mut next = 0u64;
+        for (k, v) in records {
+            let value = <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(u64::from_le_bytes);
+            if k.as_slice() == RING_NEXT_KEY {
+                next = value.unwrap_or(0);
+            } else if let (Some(slot), Some(h)) = (k.strip_prefix(RING_PREFIX), value) {
+                let slot = <[u8; 4]>::try_from(slot)
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX) as usize;
+                if let Some(s) = ring.get_mut(slot) {
+                    *s = h;
+                }
+            }
+        }
         Redelivery {
-            committed: VecDeque::from([hashes]),
+            ring,
+            next,
             guard: None,
         }
     }
@@ -166,17 +184,18 @@ impl Redelivery {
         h.write(p.topic.as_bytes());
         h.write_u8(0);
         h.write(&p.payload);
-        h.finish()
+        // 0 marks an empty slot.
+        h.finish().max(1)
     }
     /// A (re)connect: skip redeliveries of what was committed or applied
     /// (`pending`: applied, to be committed before its acknowledgement).
     fn connected(&mut self, pending: &[u64]) {
         self.guard = Some(
-            self.committed
+            self.ring
                 .iter()
-                .flatten()
                 .chain(pending)
                 .copied()
+                .filter(|&h| h != 0)
                 .collect(),
         );
     }
@@ -191,23 +210,25 @@ impl Redelivery {
             None => false,
         }
     }
-    /// Records a commit of `batch`; returns the state change that persists it.
-    fn committed(&mut self, batch: Vec<u64>) -> crate::engine::StateChange {
-        self.committed.push_back(batch);
-        while self.committed.len() > 2 {
-            self.committed.pop_front();
+    /// Records the hashes of a commit's messages into `changes` (committed
+    /// in the same batch).
+    fn committed(&mut self, batch: &[u64], changes: &mut Vec<crate::engine::StateChange>) {
+        let n = self.ring.len() as u64;
+        for &h in batch {
+            let slot = (self.next % n) as u32;
+            self.ring[slot as usize] = h;
+            let mut key = RING_PREFIX.to_vec();
+            key.extend_from_slice(&slot.to_be_bytes());
+            changes.push(crate::engine::StateChange {
+                key,
+                value: Some(h.to_le_bytes().to_vec()),
+            });
+            self.next += 1;
         }
-        let bytes: Vec<u8> = self
-            .committed
-            .iter()
-            .flatten()
-            .take(8192)
-            .flat_map(|h| h.to_le_bytes())
-            .collect();
-        crate::engine::StateChange {
-            key: REDELIVERY_KEY.to_vec(),
-            value: Some(bytes),
-        }
+        changes.push(crate::engine::StateChange {
+            key: RING_NEXT_KEY.to_vec(),
+            value: Some(self.next.to_le_bytes().to_vec()),
+        });
     }
 }
 
@@ -356,8 +377,9 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     };
     let (daemon_records, records): (Vec<_>, Vec<_>) = records
         .into_iter()
-        .partition(|(k, _)| k.as_slice() == REDELIVERY_KEY);
-    let redelivery = Redelivery::new(daemon_records.first().map(|(_, v)| v.as_slice()));
+        .partition(|(k, _)| k.starts_with(b"x\0"));
+    let queue = config.local_mqtt.as_ref().map_or(0, |l| l.queue);
+    let redelivery = Redelivery::new((2 * queue).max(4096), &daemon_records);
     let bad = engine.restore(records);
     if bad > 0 {
         tracing::warn!(
@@ -721,7 +743,8 @@ impl Daemon {
             return Ok(());
         }
         if !self.applied.is_empty() {
-            changes.push(self.redelivery.committed(std::mem::take(&mut self.applied)));
+            let applied = std::mem::take(&mut self.applied);
+            self.redelivery.committed(&applied, &mut changes);
         }
         let transitions = std::mem::take(&mut self.transitions);
         let store = self.store.clone();
