@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::roster::{self, Roster};
 use crate::sinks::uplink::{self, Command, Topics};
 use crate::sources::mapping::SubscriptionDecoder;
+use crate::sources::modbus::{self, PollReport};
 use crate::sources::mqtt;
 use crate::store::{OutboxBounds, Store};
 use crate::systemd;
@@ -474,6 +475,12 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
         )));
     }
     drop(ingest_tx);
+    let (modbus_tx, mut modbus_rx) = mpsc::channel::<PollReport>(256);
+    let modbus_tasks = modbus::spawn(&config, modbus_tx, metrics.clone(), stop_rx.clone());
+    let mut modbus_open = !modbus_tasks.is_empty();
+    if modbus_open {
+        tracing::info!(tasks = modbus_tasks.len(), "polling Modbus devices");
+    }
     let (commands_tx, mut commands_rx) = mpsc::channel::<Command>(64);
     let mut uplink_task = None;
     if let Some(((client, eventloop), topics, platform)) = uplink {
@@ -533,6 +540,18 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
                 }
                 None => ingest_open = false,
             },
+            report = modbus_rx.recv(), if modbus_open => match report {
+                Some(r) => {
+                    d.poll_report(r);
+                    for _ in 0..MAX_BATCH {
+                        match modbus_rx.try_recv() {
+                            Ok(r) => d.poll_report(r),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => modbus_open = false,
+            },
             cmd = commands_rx.recv() => if let Some(cmd) = cmd { d.command(cmd) },
             _ = tokio::time::sleep(wake) => {}
         }
@@ -583,7 +602,7 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     if let Some(t) = uplink_task {
         let _ = tokio::time::timeout(Duration::from_secs(4), t).await;
     }
-    for t in tasks {
+    for t in tasks.into_iter().chain(modbus_tasks) {
         t.abort();
     }
     let flushed = d.store.flush();
@@ -706,6 +725,31 @@ impl Daemon {
             }
             if p.qos != QoS::AtMostOnce {
                 self.to_ack.push(p);
+            }
+        }
+    }
+
+    /// A Modbus poll: a sample is an `elevator` event at receive time; a
+    /// failure counts toward `device_offline`.
+    fn poll_report(&mut self, report: PollReport) {
+        let now = self.clock.wall();
+        match report {
+            PollReport::Sample { device, sample } => {
+                let event = crate::event::Event {
+                    ts: now,
+                    device: std::borrow::Cow::Owned(device),
+                    body: crate::event::EventBody::Elevator(sample),
+                };
+                self.engine.handle(&event, &mut self.transitions);
+                self.metrics.processed();
+            }
+            PollReport::Failed { device, reason } => {
+                self.engine.poll_failed_with_reason(
+                    &device,
+                    now,
+                    Some(reason),
+                    &mut self.transitions,
+                );
             }
         }
     }
@@ -848,9 +892,10 @@ impl Daemon {
                 if old.local_mqtt != loaded.config.local_mqtt
                     || old.platform != loaded.config.platform
                     || old.storage != loaded.config.storage
+                    || old.modbus != loaded.config.modbus
                     || old.admin != loaded.config.admin
                 {
-                    tracing::warn!("changes to [local_mqtt] connection settings, [platform], [storage] and [admin] take effect at the next restart; subscriptions' decoding, devices, roster and rules are reloaded now");
+                    tracing::warn!("changes to [local_mqtt] connection settings, [platform], [storage], [admin] and [modbus] take effect at the next restart; subscriptions' decoding, devices, roster and rules are reloaded now");
                 }
                 let snapshot = self.engine.snapshot();
                 let mut engine = Engine::new(loaded.config.clone(), &loaded.roster);

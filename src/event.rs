@@ -139,6 +139,12 @@ pub struct ElevatorSample {
     pub speed: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm_button: Option<bool>,
+    /// Extension of the canonical model (not in SPEC §2), for Modbus boxes
+    /// that report faults as a bitmap: each set bit N is an active fault,
+    /// looked up as `bitN` in the elevator's fault table. Like every other
+    /// field, missing keeps its last known value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_bits: Option<u32>,
 }
 
 /// Why an input was rejected. `reason()` is the stable label used in metrics.
@@ -233,6 +239,7 @@ struct Wire<'a> {
     fault_code: Option<u32>,
     speed: Option<f32>,
     alarm_button: Option<bool>,
+    fault_bits: Option<u32>,
 }
 
 fn bad(field: &'static str, value: &str, expected: &str) -> DecodeError {
@@ -335,6 +342,7 @@ fn from_wire<'a>(w: Wire<'a>, default_ts: Option<Ts>) -> Result<Event<'a>, Decod
             fault_code: w.fault_code,
             speed: w.speed,
             alarm_button: w.alarm_button,
+            fault_bits: w.fault_bits,
         }),
         "heartbeat" => EventBody::Heartbeat,
         other => return Err(DecodeError::UnknownType(other.to_string())),

@@ -92,9 +92,8 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let default: tracing_subscriber::filter::Targets = "info,rumqttd=off"
-        .parse()
-        .unwrap_or_default();
+    let default: tracing_subscriber::filter::Targets =
+        "info,rumqttd=off".parse().unwrap_or_default();
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) => spec.parse().unwrap_or_else(|e| {
             eprintln!("RUST_LOG: {e}; using `info`");
@@ -107,5 +106,8 @@ fn init_logging() {
         .with_ansi(false)
         .with_target(false)
         .compact();
-    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
+        .try_init();
 }

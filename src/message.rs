@@ -124,13 +124,104 @@ fn device(t: &AlertTransition) -> String {
     }
 }
 
+/// An elevator, by name, with its building and unit unless the name says
+/// them already: `1号梯（3号楼1单元）`, `Lift 1 (Building 3, Unit 1)`.
+fn lift(lang: Language, t: &AlertTransition) -> String {
+    let dev = device(t);
+    let p = place(lang, &t.location);
+    match lang {
+        _ if p.is_empty() || dev.contains(&p) => dev,
+        Language::ZhCn => format!("{dev}（{p}）"),
+        Language::En => format!("{dev} ({p})"),
+    }
+}
+
+/// ` at floor 5` / `在5层`, when the floor is known.
+fn at_floor(lang: Language, t: &AlertTransition) -> String {
+    match (lang, ev_str(t, "floor")) {
+        (_, f) if f.is_empty() => String::new(),
+        (Language::ZhCn, f) => format!("在{f}层"),
+        (Language::En, f) => format!(" at floor {f}"),
+    }
+}
+
+/// `代码12` / `code 12`, or `故障位3` / `bit 3` for a fault of `fault_bits`.
+fn fault_label(lang: Language, t: &AlertTransition) -> String {
+    match (lang, ev_str(t, "fault_bit")) {
+        (Language::ZhCn, b) if !b.is_empty() => format!("故障位{b}"),
+        (Language::En, b) if !b.is_empty() => format!("bit {b}"),
+        (Language::ZhCn, _) => format!("代码{}", ev_str(t, "fault_code")),
+        (Language::En, _) => format!("code {}", ev_str(t, "fault_code")),
+    }
+}
+
+/// `代码12：安全回路断开` / `code 12: safety circuit open`; just the label
+/// when the fault table has no text (the evidence then has a generic one).
+fn fault_desc(lang: Language, t: &AlertTransition) -> String {
+    let label = fault_label(lang, t);
+    let text = ev_str(t, "fault_text");
+    let (code, bit) = (ev_str(t, "fault_code"), ev_str(t, "fault_bit"));
+    let generic = [
+        format!("fault code {code}"),
+        format!("故障代码 {code}"),
+        format!("fault bit {bit}"),
+        format!("故障位 {bit}"),
+    ];
+    match lang {
+        _ if text.is_empty() || generic.contains(&text) => label,
+        Language::ZhCn => format!("{label}：{text}"),
+        Language::En => format!("{label}: {text}"),
+    }
+}
+
+fn mode_name(lang: Language, mode: &str) -> String {
+    let (zh, en) = match mode {
+        "normal" => ("正常", "normal"),
+        "inspection" => ("检修", "inspection"),
+        "out_of_service" => ("停用", "out-of-service"),
+        "fire" => ("消防", "fire service"),
+        "earthquake" => ("地震", "earthquake"),
+        "power_backup" => ("应急电源", "backup power"),
+        "other" => ("其他", "other"),
+        m => (m, m),
+    };
+    match lang {
+        Language::ZhCn => zh.to_string(),
+        Language::En => en.to_string(),
+    }
+}
+
+fn usage_name(lang: Language, condition: &str) -> String {
+    let (zh, en) = match condition {
+        "door_cycles" => ("短时间内反复开关门", "repeated door opening and closing"),
+        "overspeed" => ("超速运行", "running above rated speed"),
+        c => (c, c),
+    };
+    match lang {
+        Language::ZhCn => zh.to_string(),
+        Language::En => en.to_string(),
+    }
+}
+
 fn cleared(lang: Language, t: &AlertTransition) -> String {
     let subject = match t.subject.kind {
         SubjectKind::Resident | SubjectKind::Household => who(lang, t),
-        SubjectKind::Device | SubjectKind::Elevator => device(t),
+        SubjectKind::Device => device(t),
+        SubjectKind::Elevator => lift(lang, t),
         _ => t.subject.id.clone(),
     };
     let rule = rule_name(lang, &t.rule);
+    // An elevator has one alert per fault code and per usage condition: say which.
+    let detail = match t.rule.as_str() {
+        "elevator_fault" => fault_label(lang, t),
+        "elevator_abnormal_usage" => usage_name(lang, &ev_str(t, "condition")),
+        _ => String::new(),
+    };
+    let rule = match (lang, detail.is_empty()) {
+        (_, true) => rule.to_string(),
+        (Language::ZhCn, false) => format!("{rule}（{detail}）"),
+        (Language::En, false) => format!("{rule} ({detail})"),
+    };
     let reason = ev_str(t, "cleared_by");
     match lang {
         Language::ZhCn => {
@@ -243,40 +334,55 @@ fn body(lang: Language, t: &AlertTransition) -> String {
         "door_held_open" => format!("{dev} has been open for more than {threshold}; grid worker please close it"),
         "door_forced" if zh => format!("{dev}被强行打开，请网格员立即到场查看"),
         "door_forced" => format!("{dev} was forced open; grid worker please go there now"),
-        "elevator_trapped" if zh => format!("{dev}疑似困人，请立即联系维保单位并到场救援"),
+        "elevator_trapped" if zh && ev_str(t, "trigger") == "alarm_button" => format!(
+            "{}{}紧急呼叫按钮被按下，疑似困人，请立即联系维保单位并到场救援",
+            lift(lang, t),
+            at_floor(lang, t)
+        ),
+        "elevator_trapped" if zh => format!(
+            "{}{}疑似困人，请立即联系维保单位并到场救援",
+            lift(lang, t),
+            at_floor(lang, t)
+        ),
+        "elevator_trapped" if ev_str(t, "trigger") == "alarm_button" => format!(
+            "Alarm button pressed in {}{}: passenger possibly trapped; call the maintenance company and go there now",
+            lift(lang, t),
+            at_floor(lang, t)
+        ),
         "elevator_trapped" => format!(
-            "Passenger possibly trapped in {dev}; call the maintenance company and go there now"
+            "Passenger possibly trapped in {}{}; call the maintenance company and go there now",
+            lift(lang, t),
+            at_floor(lang, t)
         ),
-        "elevator_door_open_moving" if zh => format!("{dev}开门运行，请立即停用并通知维保单位"),
+        "elevator_door_open_moving" if zh => format!("{}开门运行，请立即停用并通知维保单位", lift(lang, t)),
         "elevator_door_open_moving" => format!(
-            "{dev} moved with its door open; take it out of service and call maintenance now"
+            "{} moved with its door open; take it out of service and call maintenance now",
+            lift(lang, t)
         ),
-        "elevator_overtravel" if zh => format!("{dev}冲顶或蹲底（{}层），请立即通知维保单位", ev_str(t, "floor")),
+        "elevator_overtravel" if zh => format!("{}冲顶或蹲底（{}层），请立即通知维保单位", lift(lang, t), ev_str(t, "floor")),
         "elevator_overtravel" => format!(
-            "{dev} overtravelled (floor {}); call the maintenance company now",
+            "{} overtravelled (floor {}); call the maintenance company now",
+            lift(lang, t),
             ev_str(t, "floor")
         ),
-        "elevator_stopped_outside_zone" if zh => format!("{dev}停在非平层位置，请通知维保单位检查"),
+        "elevator_stopped_outside_zone" if zh => format!("{}{}停在非平层位置，请通知维保单位检查", lift(lang, t), at_floor(lang, t)),
         "elevator_stopped_outside_zone" => {
-            format!("{dev} stopped outside the door zone; ask maintenance to check it")
+            format!("{}{} stopped outside the door zone; ask maintenance to check it", lift(lang, t), at_floor(lang, t))
         }
-        "elevator_fault" if zh => format!(
-            "{dev}故障（代码{}：{}），请通知维保单位",
-            ev_str(t, "fault_code"),
-            ev_str(t, "fault_text")
-        ),
+        "elevator_fault" if zh => format!("{}故障（{}），请通知维保单位", lift(lang, t), fault_desc(lang, t)),
         "elevator_fault" => format!(
-            "{dev} fault (code {}: {}); notify the maintenance company",
-            ev_str(t, "fault_code"),
-            ev_str(t, "fault_text")
+            "{} fault ({}); notify the maintenance company",
+            lift(lang, t),
+            fault_desc(lang, t)
         ),
-        "elevator_out_of_service" if zh => format!("{dev}处于{}模式，请确认原因并告知住户", ev_str(t, "mode")),
+        "elevator_out_of_service" if zh => format!("{}处于{}模式，请确认原因并告知住户", lift(lang, t), mode_name(lang, &ev_str(t, "mode"))),
         "elevator_out_of_service" => format!(
-            "{dev} is in {} mode; confirm why and inform residents",
-            ev_str(t, "mode")
+            "{} is in {} mode; confirm why and inform residents",
+            lift(lang, t),
+            mode_name(lang, &ev_str(t, "mode"))
         ),
-        "elevator_abnormal_usage" if zh => format!("{dev}使用异常（{}），请网格员查看", ev_str(t, "condition")),
-        "elevator_abnormal_usage" => format!("{dev} abnormal usage ({}); grid worker please check", ev_str(t, "condition")),
+        "elevator_abnormal_usage" if zh => format!("{}使用异常（{}），请网格员查看", lift(lang, t), usage_name(lang, &ev_str(t, "condition"))),
+        "elevator_abnormal_usage" => format!("{} abnormal usage ({}); grid worker please check", lift(lang, t), usage_name(lang, &ev_str(t, "condition"))),
         "device_offline" if zh && !p.is_empty() => format!("{dev}已离线（{p}），请通知物业检查设备"),
         "device_offline" if zh => format!("{dev}已离线，请通知物业检查设备"),
         "device_offline" if !p.is_empty() => format!("{dev} is offline ({p}); ask property management to check it"),

@@ -328,7 +328,10 @@ impl Store {
 
     /// Durable outbox entries in delivery order, starting after `after`.
     pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let durable = self.inner.durable_seq.load(std::sync::atomic::Ordering::Acquire);
+        let durable = self
+            .inner
+            .durable_seq
+            .load(std::sync::atomic::Ordering::Acquire);
         if after >= durable {
             return Ok(Vec::new());
         }
@@ -549,7 +552,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("store"), 1 << 20, 0).unwrap();
         s.stage(&[], &[transition(1)]).unwrap();
-        assert!(s.outbox_after(0, 10).unwrap().is_empty(), "applied but not flushed");
+        assert!(
+            s.outbox_after(0, 10).unwrap().is_empty(),
+            "applied but not flushed"
+        );
         s.flush().unwrap();
         assert_eq!(s.outbox_after(0, 10).unwrap().len(), 1);
         s.stage(&[], &[transition(2)]).unwrap();

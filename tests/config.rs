@@ -89,7 +89,8 @@ fn example_config_loads_clean() {
         (Some(-1), Some(18), Some(1.75))
     );
     assert!(!el.heartbeat);
-    assert_eq!(el.fault_codes.len(), 2);
+    assert_eq!(el.fault_codes.len(), 13);
+    assert_eq!(el.fault_codes["bit3"].text, "冲顶");
     assert_eq!(el.fault_codes["12"].severity, Some(Severity::Critical));
     assert_eq!(el.fault_codes["12"].text, "安全回路断开");
     assert_eq!(el.fault_codes["35"].severity, Some(Severity::High));

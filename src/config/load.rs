@@ -609,6 +609,48 @@ impl<'a> Ctx<'a> {
         self.check_outbox(&raw.outbox);
         self.check_admin(&raw.admin);
 
+        // ---- Modbus: `[modbus]` and `[devices.modbus]` (checks in super::modbus) ----
+        {
+            let checked: Vec<super::modbus::CheckedDevice<'_>> = devices
+                .iter()
+                .enumerate()
+                .filter_map(|(index, e)| {
+                    let d = e.parsed.and_then(|p| raw.devices.get(p))?;
+                    Some(super::modbus::CheckedDevice {
+                        index,
+                        id: &d.id,
+                        is_elevator: d.kind == DeviceKind::Elevator,
+                        modbus: d.modbus.as_ref(),
+                    })
+                })
+                .collect();
+            for issue in super::modbus::check(&raw.modbus, &checked) {
+                let path = KeyPath(
+                    issue
+                        .path
+                        .iter()
+                        .map(|s| match s {
+                            super::modbus::Seg::Key(k) => Seg::Key(k.clone()),
+                            super::modbus::Seg::Index(i) => Seg::Index(*i),
+                        })
+                        .collect(),
+                );
+                // A point with a bad value was reported (and the value
+                // removed); what follows from the default in its place is noise.
+                let point = path
+                    .0
+                    .windows(2)
+                    .rposition(|w| matches!(w, [Seg::Key(k), Seg::Index(_)] if k == "points"))
+                    .map(|i| KeyPath(path.0[..i + 2].to_vec()));
+                let noise = self.removed_at_or_above(&path)
+                    || point.is_some_and(|p| self.removed.iter().any(|r| r.0.starts_with(&p.0)));
+                if !noise {
+                    self.report(&path, issue.message);
+                }
+            }
+        }
+        // ---- end Modbus ----
+
         let timezone = timezone?;
         let mut storage = raw.storage;
         storage.path = base.join(&storage.path);
@@ -628,6 +670,7 @@ impl<'a> Ctx<'a> {
             platform,
             outbox: raw.outbox,
             admin: raw.admin,
+            modbus: raw.modbus,
         })
     }
 
@@ -741,13 +784,13 @@ impl<'a> Ctx<'a> {
             in_order.sort();
             for (_, code) in in_order {
                 match parse_fault_code(code) {
-                    None => self.report(
-                        &codes.key(code),
-                        format!("fault code `{code}` is not a non-negative integer (write it in decimal, e.g. \"12\", or hex, e.g. \"0x1A\")"),
-                    ),
+                    None => self.report(&codes.key(code), fault_code_problem(code)),
                     Some(n) => {
                         if let Some(other) = numbers.get(&n) {
-                            self.report(&codes.key(code), format!("fault code `{code}` is the same code as `{other}`"));
+                            self.report(
+                                &codes.key(code),
+                                format!("fault code `{code}` is the same code as `{other}`"),
+                            );
                         } else {
                             numbers.insert(n, code);
                         }
@@ -1316,16 +1359,44 @@ fn check_topic_filter(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A fault-code key: decimal (`12`) or hexadecimal (`0x1A`).
+/// A fault-code key: decimal (`12`) or hexadecimal (`0x1A`), at most
+/// `u32::MAX` like the events' `fault_code`; or a bit of the events'
+/// `fault_bits` (`bit0` .. `bit31`), which gets a number above every code.
+/// The engine reads the table with the same function.
 fn parse_fault_code(s: &str) -> Option<u64> {
-    let s = s.trim();
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            u64::from_str_radix(hex, 16).ok()
-        }
-        Some(_) => None,
-        None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
-        None => None,
+    crate::engine::parse_fault_key(s)
+}
+
+/// Why `code` is not a fault-code key.
+fn fault_code_problem(code: &str) -> String {
+    let s = code.trim();
+    let digits = |t: &str, hex: bool| {
+        !t.is_empty()
+            && t.bytes().all(|b| {
+                if hex {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+    };
+    let bit = s
+        .get(..3)
+        .filter(|p| p.eq_ignore_ascii_case("bit"))
+        .map(|_| &s[3..]);
+    match (bit, s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))) {
+        (Some(n), _) if digits(n, false) => format!(
+            "fault bit `{code}` is out of range: `fault_bits` has bits bit0 to bit31"
+        ),
+        (_, Some(hex)) if digits(hex, true) => format!(
+            "fault code `{code}` is out of range: codes are 32-bit, at most 0xFFFFFFFF"
+        ),
+        (None, None) if digits(s, false) => format!(
+            "fault code `{code}` is out of range: codes are 32-bit, at most 4294967295"
+        ),
+        _ => format!(
+            "fault code `{code}` is not a non-negative integer or a fault bit (write it in decimal, e.g. \"12\", hex, e.g. \"0x1A\", or for a bit of `fault_bits`, e.g. \"bit3\")"
+        ),
     }
 }
 
@@ -1723,6 +1794,29 @@ mod tests {
         for bad in ["", "-1", "0x", "E12", "1.5", "0xZZ", "+3"] {
             assert_eq!(parse_fault_code(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn fault_codes_parse_bits_and_ranges() {
+        let bit = crate::engine::FAULT_BIT;
+        assert_eq!(parse_fault_code("bit0"), Some(bit));
+        assert_eq!(parse_fault_code("BIT31"), Some(bit + 31));
+        assert_eq!(parse_fault_code("4294967295"), Some(u32::MAX as u64));
+        assert_eq!(parse_fault_code("0xFFFFFFFF"), Some(u32::MAX as u64));
+        for bad in [
+            "bit32",
+            "bit",
+            "bit-1",
+            "bit1x",
+            "4294967296",
+            "0x100000000",
+        ] {
+            assert_eq!(parse_fault_code(bad), None, "{bad}");
+        }
+        assert!(fault_code_problem("bit32").contains("bit0 to bit31"));
+        assert!(fault_code_problem("4294967296").contains("at most 4294967295"));
+        assert!(fault_code_problem("0x100000000").contains("at most 0xFFFFFFFF"));
+        assert!(fault_code_problem("E7").contains("not a non-negative integer"));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 
 mod load;
 mod mapping;
+pub mod modbus;
 mod problem;
 
 pub use load::{load, load_str};
 pub use mapping::{FieldSource, FieldSpec, MappingConfig, OneOrMany};
+pub use modbus::{DeviceModbusConfig, ModbusConfig};
 pub use problem::{Problem, Problems};
 
 use crate::alert::Severity;
@@ -39,6 +41,8 @@ pub struct Config {
     pub platform: Option<PlatformConfig>,
     pub outbox: OutboxConfig,
     pub admin: AdminConfig,
+    /// Modbus polling: defaults, serial buses, register-map profiles.
+    pub modbus: ModbusConfig,
 }
 
 /// The file as written, before validation.
@@ -71,6 +75,8 @@ pub(crate) struct RawConfig {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub modbus: ModbusConfig,
 }
 
 fn default_timezone() -> String {
@@ -201,6 +207,9 @@ pub struct DeviceConfig {
     /// device name); events carrying them are attributed to this device.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Elevators: polled over Modbus (TCP or RTU) with a register map.
+    #[serde(default)]
+    pub modbus: Option<DeviceModbusConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -122,8 +122,11 @@ pub enum SubjectRef {
     /// Keyed hash of an unregistered credential.
     Credential(u128),
     Device(u32),
-    /// An elevator and one of its fault codes.
-    DeviceCode(u32, u32),
+    /// An elevator and one of its fault keys (`elevator_fault`: a
+    /// `fault_code`, or `FAULT_BIT + n` for bit n of `fault_bits`), or one
+    /// of the conditions of a rule that keeps them apart
+    /// (`elevator_abnormal_usage`). The wire subject is the elevator.
+    DeviceCode(u32, u64),
     Gateway(u8),
 }
 
@@ -271,6 +274,39 @@ impl Engine {
         self.alerts.insert(*key, alert);
     }
 
+    /// Raises an open alert's severity to `severity` at once (a condition
+    /// got worse, e.g. an elevator in inspection mode switched to fire
+    /// mode), as an `escalated` transition with `extra` merged into its
+    /// evidence. Nothing happens if it is not open or already that severe.
+    pub(crate) fn raise_severity(
+        &mut self,
+        key: &AlertKey,
+        severity: Severity,
+        at: Ts,
+        extra: &[(&str, serde_json::Value)],
+    ) -> bool {
+        let Some(mut alert) = self.alerts.remove(key) else {
+            return false;
+        };
+        let raised = severity > alert.severity;
+        if raised {
+            alert.severity = severity;
+            alert.revision += 1;
+            if let serde_json::Value::Object(m) = &mut alert.evidence {
+                for (k, v) in extra {
+                    m.insert((*k).to_string(), v.clone());
+                }
+            }
+            if alert.severity == Severity::Critical {
+                alert.escalation.disarm();
+            }
+            self.emit(key.rule, &alert, TransitionState::Escalated, at);
+            self.dirty(StateKey::Alert(*key));
+        }
+        self.alerts.insert(*key, alert);
+        raised
+    }
+
     /// The platform acknowledged an alert: stop escalating it. Returns false
     /// for an unknown (or already cleared) alert id.
     pub fn acknowledge(&mut self, alert_id: &str, by: &str) -> bool {
@@ -293,6 +329,11 @@ impl Engine {
         h.write(key.rule.as_str().as_bytes());
         h.write(subject.kind.as_str().as_bytes());
         h.write(subject.id.as_bytes());
+        // Several alerts of one rule may share the wire subject (one per
+        // fault code): keep their ids apart. Other subjects hash as before.
+        if let SubjectRef::DeviceCode(_, code) = key.subject {
+            h.write_u64(code);
+        }
         h.write_i64(since);
         h.write_i64(at);
         ulid(at, h.finish128().as_u128())

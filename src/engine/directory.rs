@@ -1,7 +1,7 @@
 //! Who and what the engine knows: residents, households, credentials and
 //! devices, indexed by dense integers so that rule state can live in vectors.
 
-use crate::alert::Location;
+use crate::alert::{Location, Severity};
 use crate::config::{Config, DeviceKind};
 use crate::roster::Roster;
 use crate::time::{Millis, Ts};
@@ -47,6 +47,50 @@ pub struct DeviceEntry {
     pub heartbeat: bool,
     pub name: Option<String>,
     pub location: Location,
+    /// Floors, rated speed and fault table of a declared elevator.
+    pub elevator: Option<Box<ElevatorSpec>>,
+}
+
+/// What the configuration says about one elevator (SPEC §3).
+#[derive(Debug, Clone, Default)]
+pub struct ElevatorSpec {
+    pub lowest_floor: Option<i32>,
+    pub highest_floor: Option<i32>,
+    pub rated_speed: Option<f32>,
+    /// Fault table: (fault key, see [`super::parse_fault_key`], severity,
+    /// text), sorted by key.
+    pub faults: Vec<(u64, Option<Severity>, Box<str>)>,
+}
+
+impl ElevatorSpec {
+    fn from_config(d: &crate::config::DeviceConfig) -> Option<Box<ElevatorSpec>> {
+        if d.kind != DeviceKind::Elevator {
+            return None;
+        }
+        let mut faults: Vec<(u64, Option<Severity>, Box<str>)> = d
+            .fault_codes
+            .iter()
+            .filter_map(|(k, f)| {
+                super::parse_fault_key(k).map(|c| (c, f.severity, f.text.as_str().into()))
+            })
+            .collect();
+        faults.sort_by_key(|f| f.0);
+        faults.dedup_by_key(|f| f.0);
+        Some(Box::new(ElevatorSpec {
+            lowest_floor: d.lowest_floor,
+            highest_floor: d.highest_floor,
+            rated_speed: d.rated_speed.filter(|s| s.is_finite() && *s > 0.0),
+            faults,
+        }))
+    }
+
+    /// The fault table's entry for a fault key.
+    pub fn fault(&self, key: u64) -> Option<(Option<Severity>, &str)> {
+        self.faults
+            .binary_search_by_key(&key, |f| f.0)
+            .ok()
+            .map(|i| (self.faults[i].1, &*self.faults[i].2))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +205,7 @@ impl Directory {
                 heartbeat: d.heartbeat,
                 name: d.name.clone(),
                 location,
+                elevator: ElevatorSpec::from_config(d),
             });
         }
         dir
@@ -188,6 +233,7 @@ impl Directory {
                 device: Some(id.to_string()),
                 ..Location::default()
             },
+            elevator: None,
         });
         Some(idx)
     }

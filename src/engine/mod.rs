@@ -17,6 +17,7 @@ mod state;
 mod timers;
 
 pub use alerts::{AlertKey, Rule, SubjectRef};
+pub use elevator::{parse_fault_key, FAULT_BIT};
 pub use state::{StateChange, StateRecord};
 pub use timers::Deadline;
 
@@ -28,6 +29,7 @@ use crate::time::{Calendar, Millis, Ts};
 use access::{DeviceState, HouseholdDays, ResidentState, StrangerState};
 use alerts::OpenAlert;
 use directory::Directory;
+use elevator::{ElevatorState, PollFailures};
 use rustc_hash::{FxHashMap, FxHashSet};
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher;
@@ -54,6 +56,7 @@ pub(crate) enum StateKey {
     Household(u32),
     Stranger(u128),
     Device(u32),
+    Elevator(u32),
     Alert(AlertKey),
     Meta,
 }
@@ -101,6 +104,10 @@ pub struct Engine {
     active_households: Vec<u32>,
     strangers: FxHashMap<u128, StrangerState>,
     devices: Vec<DeviceState>,
+    /// Merged state and rule state of every device that sent elevator samples.
+    elevators: FxHashMap<u32, ElevatorState>,
+    /// Polled devices with failed polls (not persisted).
+    polls: FxHashMap<u32, PollFailures>,
     alerts: FxHashMap<AlertKey, OpenAlert>,
     alerts_by_id: FxHashMap<String, AlertKey>,
     midnight: Deadline,
@@ -142,6 +149,8 @@ impl Engine {
             active_households: Vec::new(),
             strangers: FxHashMap::default(),
             devices,
+            elevators: FxHashMap::default(),
+            polls: FxHashMap::default(),
             alerts: FxHashMap::default(),
             alerts_by_id: FxHashMap::default(),
             midnight: Deadline::default(),
@@ -219,8 +228,21 @@ impl Engine {
         for d in 0..self.devices.len() as u32 {
             self.arm_restored_device(d, now);
         }
+        let mut elevators: Vec<u32> = self.elevators.keys().copied().collect();
+        elevators.sort_unstable();
+        for d in elevators {
+            self.arm_restored_elevator(d, now);
+        }
         let keys: Vec<AlertKey> = self.alerts.keys().copied().collect();
         for key in keys {
+            // An open device_offline is cleared by the device's next event
+            // even when it came from failed polls before the restart.
+            if let (Rule::DeviceOffline, SubjectRef::Device(d)) = (key.rule, key.subject) {
+                self.polls.entry(d).or_insert(PollFailures {
+                    count: 0,
+                    since: now,
+                });
+            }
             if let Some(alert) = self.alerts.get_mut(&key) {
                 if let Some(due) = alert.escalation.due() {
                     self.timers
@@ -274,6 +296,9 @@ impl Engine {
         let device = self.device_index(&ev.device, kind);
         if let Some(d) = device {
             self.device_seen(d, ts);
+            if !self.polls.is_empty() {
+                self.poll_succeeded(d, ts);
+            }
         }
         match &ev.body {
             EventBody::Access(a) => self.on_access(ts, device, a),
@@ -366,6 +391,7 @@ impl Engine {
                     self.offline_due(d, due);
                 }
             }
+            TimerKey::Elevator(d, which) => self.elevator_fire(at, d, which),
             TimerKey::StrangerForget(h) => {
                 let Some(s) = self.strangers.get_mut(&h) else {
                     return;
@@ -398,6 +424,12 @@ impl Engine {
         for d in self.devices.iter_mut() {
             d.shift(delta);
         }
+        for e in self.elevators.values_mut() {
+            e.shift(delta);
+        }
+        for p in self.polls.values_mut() {
+            p.since += delta;
+        }
         for a in self.alerts.values_mut() {
             a.escalation.shift(delta);
         }
@@ -409,6 +441,10 @@ impl Engine {
             .arm(&mut self.midnight, next, || TimerKey::Midnight);
         for r in 0..self.residents.len() as u32 {
             self.dirty(StateKey::Resident(r));
+        }
+        let elevators: Vec<u32> = self.elevators.keys().copied().collect();
+        for d in elevators {
+            self.dirty(StateKey::Elevator(d));
         }
         self.dirty(StateKey::Meta);
     }

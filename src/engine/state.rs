@@ -8,10 +8,11 @@
 
 use super::access::{DayCount, HouseholdDays, StrangerState};
 use super::alerts::{AlertKey, OpenAlert, Rule, SubjectRef};
+use super::elevator::{ElevatorState, FaultTrack};
 use super::timers::{Deadline, TimerKey};
 use super::{Engine, HealthCondition, StateKey};
 use crate::alert::{Location, Severity, Subject, SubjectKind};
-use crate::event::{Direction, DoorState};
+use crate::event::{CarDoor, Direction, DoorState, ElevatorMode, ElevatorSample, TravelDirection};
 use crate::time::Ts;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,7 @@ const RESIDENT: u8 = b'r';
 const HOUSEHOLD: u8 = b'h';
 const STRANGER: u8 = b's';
 const DEVICE: u8 = b'd';
+const ELEVATOR: u8 = b'e';
 const ALERT: u8 = b'a';
 const META: u8 = b'm';
 
@@ -65,6 +67,93 @@ struct DeviceRecord {
     denied: Vec<Ts>,
 }
 
+/// An elevator's merged state (all but the speed) and the since-times and
+/// deadlines of its rules. Not kept: the door-open-moving sample count and
+/// the contents of the usage windows (seconds long; they start empty).
+#[derive(Serialize, Deserialize, Default, PartialEq)]
+struct ElevatorRecord {
+    floor: Option<i32>,
+    moving: Option<bool>,
+    direction: Option<TravelDirection>,
+    door: Option<CarDoor>,
+    door_zone: Option<bool>,
+    occupied: Option<bool>,
+    mode: Option<ElevatorMode>,
+    fault_code: Option<u32>,
+    fault_bits: Option<u32>,
+    alarm_button: Option<bool>,
+    trapped_since: Option<Ts>,
+    outside_since: Option<Ts>,
+    mode_since: Option<Ts>,
+    /// (fault key, since, absent since)
+    faults: Vec<(u64, Ts, Option<Ts>)>,
+    door_cycles_end: Option<Ts>,
+    overspeed_end: Option<Ts>,
+}
+
+impl ElevatorRecord {
+    fn of(s: &ElevatorState) -> Self {
+        let l = &s.last;
+        ElevatorRecord {
+            floor: l.floor,
+            moving: l.moving,
+            direction: l.direction,
+            door: l.door,
+            door_zone: l.door_zone,
+            occupied: l.occupied,
+            mode: l.mode,
+            fault_code: l.fault_code,
+            fault_bits: l.fault_bits,
+            alarm_button: l.alarm_button,
+            trapped_since: s.trapped_since,
+            outside_since: s.outside_since,
+            mode_since: s.mode_since,
+            faults: s
+                .faults
+                .iter()
+                .map(|f| (f.key, f.since, f.absent_since))
+                .collect(),
+            door_cycles_end: s.door_cycles_end,
+            overspeed_end: s.overspeed_end,
+        }
+    }
+
+    fn into_state(self) -> ElevatorState {
+        ElevatorState {
+            last: ElevatorSample {
+                floor: self.floor,
+                moving: self.moving,
+                direction: self.direction,
+                door: self.door,
+                door_zone: self.door_zone,
+                occupied: self.occupied,
+                mode: self.mode,
+                fault_code: self.fault_code,
+                speed: None,
+                alarm_button: self.alarm_button,
+                fault_bits: self.fault_bits,
+            },
+            trapped_since: self.trapped_since,
+            outside_since: self.outside_since,
+            mode_since: self.mode_since,
+            faults: self
+                .faults
+                .into_iter()
+                .take(super::elevator::MAX_FAULTS)
+                .map(|(key, since, absent_since)| FaultTrack {
+                    key,
+                    since,
+                    absent_since,
+                    deadline: Deadline::default(),
+                })
+                .collect(),
+            door_cycles_end: self.door_cycles_end,
+            overspeed_end: self.overspeed_end,
+            ..ElevatorState::default()
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct AlertRecord {
     id: String,
@@ -75,7 +164,9 @@ struct AlertRecord {
     subject_id: String,
     /// For credential subjects: the keyed hash (the id may be a pseudonym).
     credential_hash: Option<(u64, u64)>,
-    fault_code: Option<u32>,
+    /// Fault key (see `engine::parse_fault_key`) or condition of the
+    /// subject. Was a `u32`: postcard writes both as the same varint.
+    fault_code: Option<u64>,
     location: LocationRecord,
     since: Ts,
     raised_at: Ts,
@@ -140,6 +231,9 @@ impl Engine {
         );
         keys.extend(self.strangers.keys().map(|&h| StateKey::Stranger(h)));
         keys.extend((0..self.devices.len() as u32).map(StateKey::Device));
+        let mut elevators: Vec<u32> = self.elevators.keys().copied().collect();
+        elevators.sort_unstable();
+        keys.extend(elevators.into_iter().map(StateKey::Elevator));
         keys.extend(self.alerts.keys().map(|&k| StateKey::Alert(k)));
         keys.into_iter()
             .filter_map(|k| {
@@ -223,6 +317,17 @@ impl Engine {
                 (
                     key(DEVICE, self.dir.devices[d as usize].id.as_bytes()),
                     (!empty).then(|| encode(&rec)),
+                )
+            }
+            StateKey::Elevator(d) => {
+                let rec = self
+                    .elevators
+                    .get(&d)
+                    .map(ElevatorRecord::of)
+                    .filter(|r| *r != ElevatorRecord::default());
+                (
+                    key(ELEVATOR, self.dir.devices[d as usize].id.as_bytes()),
+                    rec.map(|r| encode(&r)),
                 )
             }
             StateKey::Alert(k) => (
@@ -309,6 +414,7 @@ impl Engine {
                 HOUSEHOLD => self.restore_household(id, &v),
                 STRANGER => self.restore_stranger(id, &v),
                 DEVICE => self.restore_device(id, &v),
+                ELEVATOR => self.restore_elevator(id, &v),
                 ALERT => self.restore_alert(&k, &v),
                 _ => false,
             };
@@ -422,6 +528,25 @@ impl Engine {
         s.door = rec.door;
         s.open_since = rec.open_since;
         s.denied = rec.denied.into();
+        true
+    }
+
+    fn restore_elevator(&mut self, id: &[u8], v: &[u8]) -> bool {
+        let Ok(rec) = postcard::from_bytes::<ElevatorRecord>(v) else {
+            return false;
+        };
+        let Some(&d) = std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| self.dir.device_by_id.get(id))
+        else {
+            // No longer configured: drop the record at the next commit.
+            self.orphans.push(StateChange {
+                key: key(ELEVATOR, id),
+                value: None,
+            });
+            return true;
+        };
+        self.elevators.insert(d, rec.into_state());
         true
     }
 

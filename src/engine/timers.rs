@@ -58,6 +58,25 @@ pub enum TimerKey {
     DeniedQuiet(u32),
     Offline(u32),
     StrangerForget(u128),
+    /// One of an elevator's deadlines (device index).
+    Elevator(u32, ElevatorTimer),
+}
+
+/// The deadlines an elevator owns (see `engine::elevator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElevatorTimer {
+    /// `elevator_trapped`: stopped, closed and occupied for long enough.
+    Trapped,
+    /// `elevator_stopped_outside_zone`.
+    OutsideZone,
+    /// `elevator_out_of_service`: inspection / out of service for `after`.
+    OutOfService,
+    /// `elevator_fault`: debounce or `clear_after` of one fault key.
+    Fault(u64),
+    /// `elevator_abnormal_usage`: `quiet` after the door-cycle condition.
+    DoorCyclesQuiet,
+    /// `elevator_abnormal_usage`: `quiet` after the overspeed condition.
+    OverspeedQuiet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,4 +4,5 @@
 //! - [`mqtt`]: the local broker, with acknowledgement after commit.
 
 pub mod mapping;
+pub mod modbus;
 pub mod mqtt;
