@@ -1289,3 +1289,44 @@ fn shipped_example_commented_blocks_are_valid() {
         (Some(3), Some(1.5), Some(12))
     );
 }
+
+#[test]
+fn elevator_mapping_reads_a_fault_bitmap() {
+    let cfg = community_gateway::config::load_str(
+        r#"
+compound = "c1"
+[[devices]]
+id = "lift-1"
+kind = "elevator"
+building = "1"
+[mappings.box]
+kind = { value = "elevator" }
+device = { topic_level = 1 }
+floor = "/f"
+fault_bits = "/bits"
+[local_mqtt]
+[[local_mqtt.subscriptions]]
+topic = "lift/+/state"
+format = "box"
+"#,
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let sub = &cfg.local_mqtt.as_ref().unwrap().subscriptions[0];
+    let d = community_gateway::sources::mapping::SubscriptionDecoder::new(sub, &cfg).unwrap();
+    let decoded = d
+        .decode(
+            "lift/lift-1/state",
+            br#"{"f":-1,"bits":9}"#,
+            1_793_577_600_000,
+        )
+        .unwrap()
+        .unwrap();
+    match decoded.event.body {
+        community_gateway::event::EventBody::Elevator(s) => {
+            assert_eq!(s.floor, Some(-1));
+            assert_eq!(s.fault_bits, Some(9));
+        }
+        other => panic!("not an elevator event: {other:?}"),
+    }
+}

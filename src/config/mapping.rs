@@ -112,6 +112,8 @@ pub struct MappingConfig {
     pub occupied: Option<FieldSource>,
     pub mode: Option<FieldSource>,
     pub fault_code: Option<FieldSource>,
+    /// A fault bitmap (bit N active = fault key `bitN` of the elevator's table).
+    pub fault_bits: Option<FieldSource>,
     pub speed: Option<FieldSource>,
     pub alarm_button: Option<FieldSource>,
 }

@@ -396,7 +396,7 @@ const MODES: &[&str] = &[
 ];
 
 /// Every mapping field: name, type, source.
-fn fields(m: &MappingConfig) -> [(&'static str, Ty, Option<&FieldSource>); 17] {
+fn fields(m: &MappingConfig) -> [(&'static str, Ty, Option<&FieldSource>); 18] {
     [
         ("kind", Ty::Enum(KINDS), m.kind.as_ref()),
         ("device", Ty::Text, m.device.as_ref()),
@@ -427,6 +427,14 @@ fn fields(m: &MappingConfig) -> [(&'static str, Ty, Option<&FieldSource>); 17] {
             },
             m.fault_code.as_ref(),
         ),
+        (
+            "fault_bits",
+            Ty::Int {
+                min: 0,
+                max: u32::MAX as i64,
+            },
+            m.fault_bits.as_ref(),
+        ),
         ("speed", Ty::Float, m.speed.as_ref()),
         ("alarm_button", Ty::Bool, m.alarm_button.as_ref()),
     ]
@@ -443,6 +451,7 @@ const ELEVATOR_FIELDS: &[&str] = &[
     "occupied",
     "mode",
     "fault_code",
+    "fault_bits",
     "speed",
     "alarm_button",
 ];
