@@ -252,6 +252,10 @@ struct Daemon {
     applied: Vec<u64>,
     transitions: Vec<AlertTransition>,
     to_ack: Vec<Publish>,
+    /// Committed messages whose acknowledgement rumqttc could not take yet.
+    ack_backlog: std::collections::VecDeque<Publish>,
+    /// Open alerts changed since `/alerts` was last refreshed.
+    alerts_changed: bool,
 }
 
 /// How the daemon tells time and when it stops (besides SIGTERM/SIGINT).
@@ -294,7 +298,7 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     } = options;
     tokio::pin!(shutdown);
     // 1. Validate everything before touching the store or the network.
-    let loaded = match load(config_path) {
+    let mut loaded = match load(config_path) {
         Ok(l) => l,
         Err(problems) => {
             for p in problems {
@@ -368,6 +372,8 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     });
     let metrics = Arc::new(Metrics::new());
     let mut engine = Engine::new(config.clone(), &loaded.roster);
+    // The engine has indexed the roster; the parsed rows are not needed.
+    loaded.roster = Roster::default();
     engine.track_changes(true);
     let records = match store.load_state() {
         Ok(r) => r,
@@ -423,6 +429,8 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
         applied: Vec::new(),
         transitions,
         to_ack: Vec::new(),
+        ack_backlog: std::collections::VecDeque::new(),
+        alerts_changed: true,
     };
     d.clock_watch
         .advance(&mut d.engine, d.clock.as_ref(), &mut d.transitions);
@@ -529,10 +537,20 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
             _ = recv_signal(&mut sighup) => d.reload().await,
             first = ingest_rx.recv(), if ingest_open => match first {
                 Some(p) => {
+                    // Group commit: gather what arrives within
+                    // `storage.commit_interval` of the first message (one
+                    // flush for all of them), up to MAX_BATCH.
                     let mut batch = vec![p];
+                    let linger = tokio::time::Instant::now() + d.loaded.config.storage.commit_interval.0;
                     while batch.len() < MAX_BATCH {
                         match ingest_rx.try_recv() {
                             Ok(p) => batch.push(p),
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                match tokio::time::timeout_at(linger, ingest_rx.recv()).await {
+                                    Ok(Some(p)) => batch.push(p),
+                                    _ => break,
+                                }
+                            }
                             Err(_) => break,
                         }
                     }
@@ -557,6 +575,7 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
         }
         d.clock_watch
             .advance(&mut d.engine, d.clock.as_ref(), &mut d.transitions);
+        d.send_acks();
         if last_health.elapsed() >= Duration::from_secs(30) {
             d.check_health();
             last_health = Instant::now();
@@ -755,6 +774,7 @@ impl Daemon {
     }
 
     fn command(&mut self, cmd: Command) {
+        self.alerts_changed = true;
         match cmd {
             Command::Ack { alert_id, by } => {
                 let known = self.engine.acknowledge(&alert_id, &by);
@@ -815,26 +835,40 @@ impl Daemon {
                 self.metrics.outbox_dropped(*severity);
             }
         }
-        if let Some(client) = &self.local_client {
-            for p in self.to_ack.drain(..) {
-                if let Err(e) = client.try_ack(&p) {
-                    // The broker redelivers it; the duplicate is recognised.
-                    tracing::debug!(error = %e, "could not queue an acknowledgement");
-                }
-            }
-        } else {
-            self.to_ack.clear();
-        }
+        // Committed: these may now be acknowledged.
+        self.ack_backlog.extend(self.to_ack.drain(..));
+        self.send_acks();
         let (n, bytes) = self.store.outbox_size();
         self.metrics.set_outbox(n, bytes);
         if !transitions.is_empty() || !report.dropped.is_empty() {
             self.outbox_changed.notify_one();
             self.check_outbox();
         }
-        self.metrics
-            .set_open_alerts(self.engine.open_alert_count() as u64);
-        let _ = self.alerts_tx.send(Arc::new(self.engine.open_alerts()));
+        if self.alerts_changed || !transitions.is_empty() {
+            self.alerts_changed = false;
+            self.metrics
+                .set_open_alerts(self.engine.open_alert_count() as u64);
+            let _ = self.alerts_tx.send(Arc::new(self.engine.open_alerts()));
+        }
         Ok(())
+    }
+
+    /// Queues committed messages' acknowledgements with rumqttc. When its
+    /// request queue is full (the ingest task is waiting for room in ours,
+    /// so the event loop is not draining requests) the rest wait here and
+    /// are retried on the next turn of the loop: an acknowledgement is never
+    /// dropped, because each one holds a slot of the broker's in-flight window.
+    fn send_acks(&mut self) {
+        let Some(client) = &self.local_client else {
+            self.ack_backlog.clear();
+            return;
+        };
+        while let Some(p) = self.ack_backlog.front() {
+            if client.try_ack(p).is_err() {
+                break;
+            }
+            self.ack_backlog.pop_front();
+        }
     }
 
     fn check_outbox(&mut self) {
@@ -898,6 +932,7 @@ impl Daemon {
                     tracing::warn!("changes to [local_mqtt] connection settings, [platform], [storage], [admin] and [modbus] take effect at the next restart; subscriptions' decoding, devices, roster and rules are reloaded now");
                 }
                 let snapshot = self.engine.snapshot();
+                let residents = loaded.roster.residents.len();
                 let mut engine = Engine::new(loaded.config.clone(), &loaded.roster);
                 engine.track_changes(true);
                 engine.restore(snapshot);
@@ -905,12 +940,12 @@ impl Daemon {
                 engine.start(now, &mut self.transitions);
                 engine.advance_to(now, &mut self.transitions);
                 self.engine = engine;
-                self.loaded = loaded;
+                self.loaded = Loaded {
+                    roster: Roster::default(),
+                    ..loaded
+                };
                 self.metrics.config_reload(true);
-                tracing::info!(
-                    residents = self.loaded.roster.residents.len(),
-                    "configuration and roster reloaded"
-                );
+                tracing::info!(residents, "configuration and roster reloaded");
             }
         }
         let _ = systemd::ready();
