@@ -87,7 +87,7 @@ fn script() -> Vec<(f64, &'static str, String)> {
     let mut s = vec![
         (0.0, "b1-u1-door", access("C-1001", true, "in")),
         (2.0, "b1-u1-door", door("forced")),
-        (4.0, "b1-u1-door", door("closed")),
+        (3.0, "b1-u1-door", door("closed")),
     ];
     for i in 0..5 {
         s.push((
