@@ -42,8 +42,6 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -432,25 +430,15 @@ fn generate_certs(dir: &Path) -> Certs {
     certs
 }
 
+/// The gateway's own TLS client configuration, for the platform subscriber.
 fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap(),
-    )
+    community_gateway::tls::client_config(&community_gateway::config::TlsConfig {
+        ca_file: ca.to_path_buf(),
+        cert_file: Some(cert.to_path_buf()),
+        key_file: Some(key.to_path_buf()),
+        server_name: None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------------------

@@ -110,26 +110,34 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// An in-process rumqttd on 127.0.0.1:`port`, for the rest of the process.
-fn spawn_broker(port: u16) -> std::io::Result<()> {
+/// An in-process rumqttd (MQTT 3.1.1, plain TCP) on 127.0.0.1:`port`, for
+/// the rest of the process: messages up to `max_payload` bytes, and a
+/// commit log of `segments` x `segment_bytes` (what persistent sessions
+/// catch up from). Returns once it accepts connections.
+pub fn spawn_broker(
+    port: u16,
+    max_payload: usize,
+    segment_bytes: usize,
+    segments: usize,
+) -> std::io::Result<()> {
     use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
     let router = RouterConfig {
-        max_connections: 64,
+        max_connections: 1000,
         max_outgoing_packet_count: 200,
-        max_segment_size: 4 * 1024 * 1024,
-        max_segment_count: 4,
+        max_segment_size: segment_bytes,
+        max_segment_count: segments,
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };
     let server = ServerSettings {
-        name: format!("demo-{port}"),
+        name: format!("rumqttd-{port}"),
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         tls: None,
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 10_000,
-            max_payload_size: 256 * 1024,
+            max_payload_size: max_payload,
             max_inflight_count: 100,
             auth: None,
             external_auth: None,
@@ -150,7 +158,7 @@ fn spawn_broker(port: u16) -> std::io::Result<()> {
                 tracing::error!(port, error = %e, "demo broker stopped");
             }
         })?;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
@@ -199,8 +207,8 @@ fn setup() -> std::io::Result<(PathBuf, PathBuf, (u16, u16, u16))> {
     std::fs::write(dir.join("residents.csv"), ROSTER)?;
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_text(&dir, local, platform, admin))?;
-    spawn_broker(local)?;
-    spawn_broker(platform)?;
+    spawn_broker(local, 256 * 1024, 4 * 1024 * 1024, 4)?;
+    spawn_broker(platform, 256 * 1024, 4 * 1024 * 1024, 4)?;
     Ok((dir, config, (local, platform, admin)))
 }
 

@@ -102,6 +102,7 @@ pub struct Directory {
     pub credentials: FxHashMap<Box<str>, CredentialEntry>,
     pub devices: Vec<DeviceEntry>,
     pub device_by_id: FxHashMap<Box<str>, u32>,
+    undeclared: usize,
     building_grid: HashMap<String, String>,
 }
 
@@ -216,10 +217,10 @@ impl Directory {
         if let Some(&i) = self.device_by_id.get(id) {
             return Some(i);
         }
-        let undeclared = self.devices.iter().filter(|d| !d.declared).count();
-        if undeclared >= MAX_UNDECLARED_DEVICES {
+        if self.undeclared >= MAX_UNDECLARED_DEVICES {
             return None;
         }
+        self.undeclared += 1;
         let idx = self.devices.len() as u32;
         self.device_by_id.insert(id.into(), idx);
         self.devices.push(DeviceEntry {

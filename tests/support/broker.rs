@@ -18,7 +18,6 @@
 use super::certs::{CertPair, Certs};
 use super::proxy::{server_tls, Proxy};
 use super::{free_port, port_open, wait_until};
-use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,54 +48,13 @@ pub const BROKER_MAX_PAYLOAD: usize = 1024 * 1024;
 // ---------------------------------------------------------------------------
 // rumqttd
 
-/// Starts an in-process rumqttd (MQTT 3.1.1) on 127.0.0.1:`port`. It runs for
-/// the rest of the test process.
+/// Starts an in-process rumqttd (MQTT 3.1.1) on 127.0.0.1:`port` — the
+/// demo's broker — for the rest of the test process. Its commit log has room
+/// for thousands of queued messages per filter (persistent sessions catch
+/// up from it).
 fn spawn_rumqttd(port: u16) {
-    use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
-    let router = RouterConfig {
-        max_connections: 1000,
-        max_outgoing_packet_count: 200,
-        // The commit log is what persistent sessions catch up from: room for
-        // thousands of queued messages per filter.
-        max_segment_size: 16 * 1024 * 1024,
-        max_segment_count: 16,
-        custom_segment: None,
-        initialized_filters: None,
-        shared_subscriptions_strategy: Default::default(),
-    };
-    let server = ServerSettings {
-        name: format!("e2e-v4-{port}"),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: BROKER_MAX_PAYLOAD,
-            max_inflight_count: 100,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router,
-        v4: Some(HashMap::from([("1".to_string(), server)])),
-        ..Default::default()
-    };
-    std::thread::Builder::new()
-        .name(format!("rumqttd-{port}"))
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                eprintln!("rumqttd on port {port}: {e}");
-            }
-        })
-        .unwrap();
-    wait_until(Duration::from_secs(10), "rumqttd to listen", || {
-        port_open(port).then_some(())
-    })
-    .unwrap();
+    community_gateway::demo::spawn_broker(port, BROKER_MAX_PAYLOAD, 16 * 1024 * 1024, 16)
+        .unwrap_or_else(|e| panic!("rumqttd on port {port}: {e}"));
 }
 
 // ---------------------------------------------------------------------------

@@ -8,8 +8,6 @@ use rumqttc::{
     Client, ConnectionError, Event, MqttOptions, Packet, QoS, RecvTimeoutError, TlsConfiguration,
     Transport,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,29 +24,19 @@ fn client_id(prefix: &str) -> String {
     )
 }
 
-/// A rustls client configuration (ring provider) trusting `ca`, presenting
-/// `client` when given.
+/// The gateway's own rustls client configuration (ring provider) trusting
+/// `ca`, presenting `client` when given.
 pub fn client_tls(ca: &Path, client: Option<&CertPair>) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    match client {
-        Some(pair) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(&pair.key).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    }
+    let tls = community_gateway::config::TlsConfig {
+        ca_file: ca.to_path_buf(),
+        cert_file: client.map(|c| c.cert.clone()),
+        key_file: client.map(|c| c.key.clone()),
+        server_name: None,
+    };
+    community_gateway::tls::client_config(&tls)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .as_ref()
+        .clone()
 }
 
 fn tls_options(id: String, port: u16, ca: &Path, client: Option<&CertPair>) -> MqttOptions {
