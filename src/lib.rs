@@ -34,6 +34,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod event;
+pub mod keys;
 pub mod message;
 pub mod metrics;
 pub mod replay;

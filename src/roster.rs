@@ -89,10 +89,10 @@
 //! blank line or a CRLF line end. Quoted fields spanning lines are counted.
 
 use crate::config::Problem;
+use crate::keys::Keys;
 use crate::time::{parse_duration, Calendar, Millis, Ts};
 use encoding_rs::{Encoding, GB18030, UTF_16BE, UTF_16LE, UTF_8};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,22 +132,46 @@ pub struct RosterLoad {
 /// Reads and parses the roster at `path`. An unreadable file is one problem
 /// and an empty roster.
 pub fn load(path: &Path, calendar: &Calendar) -> RosterLoad {
+    let mut residents = Vec::new();
+    let problems = load_each(path, calendar, |r| residents.push(r));
+    RosterLoad {
+        roster: Roster { residents },
+        problems,
+    }
+}
+
+/// Like [`load`], handing each good row to `each` as it is read instead of
+/// collecting them: the daemon indexes a large roster without holding
+/// every parsed row at once.
+pub fn load_each(path: &Path, calendar: &Calendar, each: impl FnMut(Resident)) -> Vec<Problem> {
     match std::fs::read(path) {
-        Ok(bytes) => parse(&bytes, path, calendar),
-        Err(e) => RosterLoad {
-            roster: Roster::default(),
-            problems: vec![Problem::new(
-                path,
-                None,
-                None,
-                format!("cannot read roster: {e}"),
-            )],
-        },
+        Ok(bytes) => parse_each(&bytes, path, calendar, each),
+        Err(e) => vec![Problem::new(
+            path,
+            None,
+            None,
+            format!("cannot read roster: {e}"),
+        )],
     }
 }
 
 /// Parses roster bytes; `file` is only used to locate problems.
 pub fn parse(bytes: &[u8], file: &Path, calendar: &Calendar) -> RosterLoad {
+    let mut residents = Vec::new();
+    let problems = parse_each(bytes, file, calendar, |r| residents.push(r));
+    RosterLoad {
+        roster: Roster { residents },
+        problems,
+    }
+}
+
+/// [`parse`], handing each good row to `each` in file order.
+pub fn parse_each(
+    bytes: &[u8],
+    file: &Path,
+    calendar: &Calendar,
+    mut each: impl FnMut(Resident),
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let decoded = decode(bytes);
     let text: &str = &decoded.text;
@@ -248,14 +272,15 @@ pub fn parse(bytes: &[u8], file: &Path, calendar: &Calendar) -> RosterLoad {
                     }
                 }
                 if missing {
-                    return RosterLoad {
-                        roster: Roster::default(),
-                        problems,
-                    };
+                    return problems;
                 }
                 header = Some(cols);
             }
-            Some(cols) => rows.row(cols, &record, line, &mut problems),
+            Some(cols) => {
+                if let Some(r) = rows.row(cols, &record, line, &mut problems) {
+                    each(r);
+                }
+            }
         }
     }
 
@@ -268,12 +293,7 @@ pub fn parse(bytes: &[u8], file: &Path, calendar: &Calendar) -> RosterLoad {
         ));
     }
 
-    RosterLoad {
-        roster: Roster {
-            residents: rows.residents,
-        },
-        problems,
-    }
+    problems
 }
 
 /// Whether the record read from bytes `start..end` has a quote that never
@@ -468,15 +488,19 @@ impl Columns {
     }
 }
 
-/// Checks data rows one by one, remembering ids and credentials seen so far.
+/// Checks data rows one by one, remembering ids and credentials seen so far
+/// (compactly: this is most of what parsing a large roster holds at once).
 struct RowChecker<'a> {
     file: &'a Path,
     calendar: &'a Calendar,
-    residents: Vec<Resident>,
-    /// Every resident_id seen on a row, loaded or not, with its first line.
-    ids: HashMap<String, usize>,
-    /// Credential -> index in `residents` of its holder.
-    holders: HashMap<String, usize>,
+    /// Every resident_id seen on a row, loaded or not…
+    ids: Keys,
+    /// …with its first line.
+    id_lines: Vec<usize>,
+    /// Credentials given to a loaded resident…
+    credentials: Keys,
+    /// …and the holder's id (in `ids`).
+    holders: Vec<u32>,
 }
 
 impl<'a> RowChecker<'a> {
@@ -484,19 +508,21 @@ impl<'a> RowChecker<'a> {
         RowChecker {
             file,
             calendar,
-            residents: Vec::new(),
-            ids: HashMap::new(),
-            holders: HashMap::new(),
+            ids: Keys::default(),
+            id_lines: Vec::new(),
+            credentials: Keys::default(),
+            holders: Vec::new(),
         }
     }
 
+    /// The row as a resident, or `None` (its problems reported).
     fn row(
         &mut self,
         cols: &Columns,
         record: &csv::StringRecord,
         line: usize,
         problems: &mut Vec<Problem>,
-    ) {
+    ) -> Option<Resident> {
         let file = self.file;
         let mut ok = true;
         let mut bad = |col: Column, message: String| {
@@ -509,20 +535,28 @@ impl<'a> RowChecker<'a> {
         };
 
         let id = cols.get(record, Column::ResidentId);
+        let mut id_key = None;
         if id.is_empty() {
             ok = false;
             bad(
                 Column::ResidentId,
                 "resident_id is empty; every row needs one".into(),
             );
-        } else if let Some(first) = self.ids.get(id) {
-            ok = false;
-            bad(
-                Column::ResidentId,
-                format!("duplicate resident_id {id}, first on line {first}"),
-            );
         } else {
-            self.ids.insert(id.to_string(), line);
+            match self.ids.insert(id) {
+                (k, true) => {
+                    self.id_lines.push(line);
+                    id_key = Some(k);
+                }
+                (k, false) => {
+                    ok = false;
+                    let first = self.id_lines[k as usize];
+                    bad(
+                        Column::ResidentId,
+                        format!("duplicate resident_id {id}, first on line {first}"),
+                    );
+                }
+            }
         }
 
         let building = cols.get(record, Column::Building);
@@ -580,22 +614,22 @@ impl<'a> RowChecker<'a> {
             }
         };
 
-        if !ok {
-            return;
-        }
+        let id_key = id_key.filter(|_| ok)?;
 
         let mut credentials: Vec<String> = Vec::new();
         for cred in split_credentials(cols.get(record, Column::Credentials)) {
             if credentials.iter().any(|c| c == cred) {
                 continue;
             }
-            if let Some(other) = self.holders.get(cred).and_then(|&i| self.residents.get(i)) {
+            if let Some(c) = self.credentials.get(cred) {
+                let holder = self.holders[c as usize];
+                let other = self.ids.text(holder);
                 bad(
                     Column::Credentials,
                     format!(
-                        "credential {cred} is already assigned to resident {} on line {}; \
-                         it stays with {} and is not given to {id}",
-                        other.id, other.line, other.id
+                        "credential {cred} is already assigned to resident {other} on line {}; \
+                         it stays with {other} and is not given to {id}",
+                        self.id_lines[holder as usize]
                     ),
                 );
                 continue;
@@ -603,11 +637,12 @@ impl<'a> RowChecker<'a> {
             credentials.push(cred.to_string());
         }
         for cred in &credentials {
-            self.holders.insert(cred.clone(), self.residents.len());
+            self.credentials.insert(cred);
+            self.holders.push(id_key);
         }
 
         let grid = cols.get(record, Column::Grid);
-        self.residents.push(Resident {
+        Some(Resident {
             id: id.to_string(),
             building: building.to_string(),
             unit: cols.get(record, Column::Unit).to_string(),
@@ -618,7 +653,7 @@ impl<'a> RowChecker<'a> {
             inactivity_after,
             away_until,
             line,
-        });
+        })
     }
 }
 

@@ -132,7 +132,7 @@ enum Holder {
 
 impl Engine {
     pub(super) fn on_access(&mut self, ts: Ts, device: Option<u32>, a: &Access<'_>) {
-        if let Some(c) = self.dir.credentials.get(a.credential.as_ref()).copied() {
+        if let Some(c) = self.dir.credential(a.credential.as_ref()) {
             let r = c.resident;
             if a.granted {
                 if self.dir.residents[r as usize].watch {
@@ -316,7 +316,6 @@ impl Engine {
             let empty = hd.days.is_empty();
             let key = AlertKey::new(Rule::GroupRental, SubjectRef::Household(h));
             if holds {
-                let e = &self.dir.households[h as usize];
                 let evidence = json!({
                     "window_days": p.window_days,
                     "days_over": days_over,
@@ -330,9 +329,9 @@ impl Engine {
                     key,
                     subject: Subject {
                         kind: SubjectKind::Household,
-                        id: e.key.to_string(),
+                        id: self.dir.household_key(h).to_string(),
                     },
-                    location: e.location.clone(),
+                    location: self.dir.household_location(h),
                     severity: None,
                     since: self.calendar.midnight(since_day),
                     at,

@@ -3,7 +3,8 @@
 
 use crate::alert::{Location, Severity};
 use crate::config::{Config, DeviceKind};
-use crate::roster::Roster;
+use crate::keys::Keys;
+use crate::roster::{Resident, Roster};
 use crate::time::{Millis, Ts};
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
@@ -12,22 +13,28 @@ use std::collections::HashMap;
 /// still used for resident rules but not for device rules.
 pub const MAX_UNDECLARED_DEVICES: usize = 4096;
 
+/// What the engine keeps of a roster row. Text (ids, places) lives in the
+/// directory's [`Keys`]; a 10,000-resident roster costs well under 1 MB.
 #[derive(Debug, Clone)]
 pub struct ResidentEntry {
-    pub id: Box<str>,
+    pub household: u32,
+    /// The resident's own grid, if the roster names one.
+    grid: Sym,
     pub watch: bool,
     pub inactivity_after: Option<Millis>,
     pub away_until: Option<Ts>,
-    pub location: Location,
 }
 
 #[derive(Debug, Clone)]
 pub struct HouseholdEntry {
-    /// `building-unit-room`.
-    pub key: Box<str>,
-    pub location: Location,
-    /// The household's credentials, in slot order.
-    pub credentials: Vec<Box<str>>,
+    building: Sym,
+    unit: Sym,
+    room: Sym,
+    /// The grid of the household's first resident.
+    grid: Sym,
+    /// The household's credentials (ids in [`Directory::credential`]), in
+    /// slot order.
+    credentials: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +43,14 @@ pub struct CredentialEntry {
     pub household: u32,
     /// Position among the household's credentials.
     pub slot: u16,
+}
+
+/// An interned place name (building, unit, room, grid), or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Sym(u32);
+
+impl Sym {
+    const NONE: Sym = Sym(u32::MAX);
 }
 
 #[derive(Debug, Clone)]
@@ -95,95 +110,131 @@ impl ElevatorSpec {
 
 #[derive(Debug, Default)]
 pub struct Directory {
+    /// Indexed like `resident_ids`.
     pub residents: Vec<ResidentEntry>,
-    pub resident_by_id: FxHashMap<Box<str>, u32>,
-    pub households: Vec<HouseholdEntry>,
-    pub household_by_key: FxHashMap<Box<str>, u32>,
-    pub credentials: FxHashMap<Box<str>, CredentialEntry>,
+    resident_ids: Keys,
+    /// Indexed like `household_keys` (`building-unit-room`).
+    households: Vec<HouseholdEntry>,
+    household_keys: Keys,
+    /// Indexed like `credential_ids`.
+    credentials: Vec<CredentialEntry>,
+    credential_ids: Keys,
+    /// Building, unit, room and grid names.
+    places: Keys,
     pub devices: Vec<DeviceEntry>,
     pub device_by_id: FxHashMap<Box<str>, u32>,
     undeclared: usize,
     building_grid: HashMap<String, String>,
 }
 
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
+/// The roster as the engine keeps it, built row by row (see
+/// [`crate::roster::load_each`]) so a large roster is never held twice.
+#[derive(Debug, Default)]
+pub struct RosterIndex {
+    dir: Directory,
+    /// (building, grid) -> residents, for the buildings' grids.
+    grid_votes: HashMap<(Sym, Sym), usize>,
+    key: String,
+}
+
+impl RosterIndex {
+    /// Adds a roster row; a repeated resident id is ignored (the roster
+    /// loader has reported it).
+    pub fn add(&mut self, r: &Resident) {
+        let dir = &mut self.dir;
+        if dir.resident_ids.get(&r.id).is_some() {
+            return;
+        }
+        let grid = dir.place(r.grid.as_deref().unwrap_or(""));
+        if grid != Sym::NONE {
+            let building = dir.place(&r.building);
+            *self.grid_votes.entry((building, grid)).or_default() += 1;
+        }
+        self.key.clear();
+        use std::fmt::Write;
+        let _ = write!(self.key, "{}-{}-{}", r.building, r.unit, r.room);
+        let (household, new) = dir.household_keys.insert(&self.key);
+        if new {
+            let entry = HouseholdEntry {
+                building: dir.place(&r.building),
+                unit: dir.place(&r.unit),
+                room: dir.place(&r.room),
+                grid,
+                credentials: Vec::new(),
+            };
+            dir.households.push(entry);
+        }
+        let (resident, _) = dir.resident_ids.insert(&r.id);
+        dir.residents.push(ResidentEntry {
+            household,
+            grid,
+            watch: r.watch,
+            inactivity_after: r.inactivity_after,
+            away_until: r.away_until,
+        });
+        for c in &r.credentials {
+            let (credential, new) = dir.credential_ids.insert(c);
+            if !new {
+                continue; // the first holder keeps it
+            }
+            let hh = &mut dir.households[household as usize];
+            let slot = hh.credentials.len().min(u16::MAX as usize) as u16;
+            hh.credentials.push(credential);
+            dir.credentials.push(CredentialEntry {
+                resident,
+                household,
+                slot,
+            });
+        }
+    }
+
+    pub fn residents(&self) -> usize {
+        self.dir.residents.len()
+    }
 }
 
 impl Directory {
     pub fn new(config: &Config, roster: &Roster) -> Directory {
-        let mut dir = Directory::default();
-        let mut grid_votes: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        let mut index = RosterIndex::default();
         for r in &roster.residents {
-            let key = r.household();
-            let location = Location {
-                building: non_empty(&r.building),
-                unit: non_empty(&r.unit),
-                room: non_empty(&r.room),
-                grid: r.grid.clone(),
-                device: None,
-            };
-            if let Some(g) = &r.grid {
-                *grid_votes
-                    .entry(r.building.clone())
-                    .or_default()
-                    .entry(g.clone())
-                    .or_default() += 1;
-            }
-            let household = match dir.household_by_key.get(key.as_str()) {
-                Some(&h) => h,
-                None => {
-                    let h = dir.households.len() as u32;
-                    dir.households.push(HouseholdEntry {
-                        key: key.clone().into(),
-                        location: Location {
-                            device: None,
-                            ..location.clone()
-                        },
-                        credentials: Vec::new(),
-                    });
-                    dir.household_by_key.insert(key.into(), h);
-                    h
-                }
-            };
-            if dir.resident_by_id.contains_key(r.id.as_str()) {
-                continue; // the roster loader has reported it
-            }
-            let resident = dir.residents.len() as u32;
-            dir.resident_by_id.insert(r.id.as_str().into(), resident);
-            dir.residents.push(ResidentEntry {
-                id: r.id.as_str().into(),
-                watch: r.watch,
-                inactivity_after: r.inactivity_after,
-                away_until: r.away_until,
-                location,
-            });
-            for c in &r.credentials {
-                if dir.credentials.contains_key(c.as_str()) {
-                    continue;
-                }
-                let hh = &mut dir.households[household as usize];
-                let slot = hh.credentials.len().min(u16::MAX as usize) as u16;
-                hh.credentials.push(c.as_str().into());
-                dir.credentials.insert(
-                    c.as_str().into(),
-                    CredentialEntry {
-                        resident,
-                        household,
-                        slot,
-                    },
-                );
+            index.add(r);
+        }
+        Directory::with_roster(config, index)
+    }
+
+    /// The directory of `config`'s devices and an indexed roster.
+    pub fn with_roster(config: &Config, index: RosterIndex) -> Directory {
+        let RosterIndex {
+            mut dir,
+            grid_votes,
+            ..
+        } = index;
+        // A building's grid is the one most of its residents belong to
+        // (ties: the first name in sort order).
+        let mut best: HashMap<Sym, (usize, &str)> = HashMap::new();
+        for (&(building, grid), &votes) in &grid_votes {
+            let name = dir.places.text(grid.0);
+            let e = best.entry(building).or_insert((0, name));
+            if votes > e.0 || (votes == e.0 && name < e.1) {
+                *e = (votes, name);
             }
         }
-        // A building's grid is the one most of its residents belong to.
-        for (building, votes) in grid_votes {
-            if let Some((grid, _)) = votes
-                .into_iter()
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-            {
-                dir.building_grid.insert(building, grid);
-            }
+        let building_grid: HashMap<String, String> = best
+            .into_iter()
+            .map(|(b, (_, g))| (dir.places.text(b.0).to_string(), g.to_string()))
+            .collect();
+        dir.building_grid = building_grid;
+        for k in [
+            &mut dir.resident_ids,
+            &mut dir.household_keys,
+            &mut dir.credential_ids,
+            &mut dir.places,
+        ] {
+            k.shrink();
         }
+        dir.residents.shrink_to_fit();
+        dir.households.shrink_to_fit();
+        dir.credentials.shrink_to_fit();
         for d in &config.devices {
             let location = Location {
                 building: d.building.clone(),
@@ -237,6 +288,73 @@ impl Directory {
             elevator: None,
         });
         Some(idx)
+    }
+
+    fn place(&mut self, name: &str) -> Sym {
+        if name.is_empty() {
+            Sym::NONE
+        } else {
+            Sym(self.places.insert(name).0)
+        }
+    }
+
+    fn place_name(&self, sym: Sym) -> Option<String> {
+        (sym != Sym::NONE).then(|| self.places.text(sym.0).to_string())
+    }
+
+    pub fn resident(&self, id: &str) -> Option<u32> {
+        self.resident_ids.get(id)
+    }
+
+    pub fn resident_id(&self, r: u32) -> &str {
+        self.resident_ids.text(r)
+    }
+
+    /// Where a resident lives (no device).
+    pub fn resident_location(&self, r: u32) -> Location {
+        let e = &self.residents[r as usize];
+        Location {
+            grid: self.place_name(e.grid),
+            ..self.household_location(e.household)
+        }
+    }
+
+    pub fn household_count(&self) -> usize {
+        self.households.len()
+    }
+
+    pub fn household(&self, key: &str) -> Option<u32> {
+        self.household_keys.get(key)
+    }
+
+    /// `building-unit-room`.
+    pub fn household_key(&self, h: u32) -> &str {
+        self.household_keys.text(h)
+    }
+
+    pub fn household_location(&self, h: u32) -> Location {
+        let e = &self.households[h as usize];
+        Location {
+            building: self.place_name(e.building),
+            unit: self.place_name(e.unit),
+            room: self.place_name(e.room),
+            grid: self.place_name(e.grid),
+            device: None,
+        }
+    }
+
+    /// The household's credential in `slot`.
+    pub fn household_credential(&self, h: u32, slot: u16) -> Option<&str> {
+        let e = &self.households[h as usize];
+        e.credentials
+            .get(slot as usize)
+            .map(|&c| self.credential_ids.text(c))
+    }
+
+    pub fn credential(&self, credential: &str) -> Option<CredentialEntry> {
+        self.credential_ids
+            .get(credential)
+            .map(|c| self.credentials[c as usize])
     }
 
     pub fn device_name(&self, idx: u32) -> String {

@@ -29,6 +29,7 @@ use crate::time::{Calendar, Millis, Ts};
 use access::{DeviceState, HouseholdDays, ResidentState, StrangerState};
 use alerts::OpenAlert;
 use directory::Directory;
+pub use directory::RosterIndex;
 use elevator::{ElevatorState, PollFailures};
 use rustc_hash::{FxHashMap, FxHashSet};
 use siphasher::sip128::{Hasher128, SipHasher13};
@@ -127,6 +128,16 @@ impl Engine {
     /// with persisted records (if any), then [`Engine::start`].
     pub fn new(config: Arc<Config>, roster: &Roster) -> Engine {
         let dir = Directory::new(&config, roster);
+        Self::with_directory(config, dir)
+    }
+
+    /// [`Engine::new`] from a roster indexed row by row.
+    pub fn with_roster(config: Arc<Config>, roster: RosterIndex) -> Engine {
+        let dir = Directory::with_roster(&config, roster);
+        Self::with_directory(config, dir)
+    }
+
+    fn with_directory(config: Arc<Config>, dir: Directory) -> Engine {
         let calendar = Calendar::new(config.timezone);
         let hash_key = derive_key(&config);
         let residents = dir
@@ -134,7 +145,7 @@ impl Engine {
             .iter()
             .map(|r| ResidentState::new(r.away_until))
             .collect();
-        let households = vec![HouseholdDays::default(); dir.households.len()];
+        let households = vec![HouseholdDays::default(); dir.household_count()];
         let devices = vec![DeviceState::default(); dir.devices.len()];
         Engine {
             config,
@@ -457,7 +468,7 @@ impl Engine {
         until: Ts,
         out: &mut Vec<AlertTransition>,
     ) -> bool {
-        let Some(&r) = self.dir.resident_by_id.get(resident_id) else {
+        let Some(r) = self.dir.resident(resident_id) else {
             return false;
         };
         self.residents[r as usize].away_until = Some(until);
@@ -570,13 +581,12 @@ impl Engine {
     }
 
     fn resident_subject(&self, r: u32) -> (Subject, Location) {
-        let e = &self.dir.residents[r as usize];
         (
             Subject {
                 kind: SubjectKind::Resident,
-                id: e.id.to_string(),
+                id: self.dir.resident_id(r).to_string(),
             },
-            e.location.clone(),
+            self.dir.resident_location(r),
         )
     }
 

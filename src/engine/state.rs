@@ -266,12 +266,11 @@ impl Engine {
                     && rec.cooldown_until.is_none()
                     && rec.away_until == self.dir.residents[r as usize].away_until;
                 (
-                    key(RESIDENT, self.dir.residents[r as usize].id.as_bytes()),
+                    key(RESIDENT, self.dir.resident_id(r).as_bytes()),
                     (!empty).then(|| encode(&rec)),
                 )
             }
             StateKey::Household(h) => {
-                let e = &self.dir.households[h as usize];
                 let hd = &self.households[h as usize];
                 let days: Vec<(i32, u32, Vec<String>)> = hd
                     .days
@@ -280,13 +279,15 @@ impl Engine {
                         let creds = d
                             .slots
                             .iter()
-                            .filter_map(|&s| e.credentials.get(s as usize).map(|c| c.to_string()))
+                            .filter_map(|&s| {
+                                self.dir.household_credential(h, s).map(str::to_string)
+                            })
                             .collect();
                         (d.day, d.count, creds)
                     })
                     .collect();
                 (
-                    key(HOUSEHOLD, e.key.as_bytes()),
+                    key(HOUSEHOLD, self.dir.household_key(h).as_bytes()),
                     (!days.is_empty()).then(|| encode(&HouseholdRecord { days })),
                 )
             }
@@ -345,9 +346,9 @@ impl Engine {
 
     fn alert_record_key(&self, k: &AlertKey) -> Vec<u8> {
         let subject = match k.subject {
-            SubjectRef::Resident(r) => format!("resident\0{}", self.dir.residents[r as usize].id),
+            SubjectRef::Resident(r) => format!("resident\0{}", self.dir.resident_id(r)),
             SubjectRef::Household(h) => {
-                format!("household\0{}", self.dir.households[h as usize].key)
+                format!("household\0{}", self.dir.household_key(h))
             }
             SubjectRef::Credential(h) => format!("credential\0{h:032x}"),
             SubjectRef::Device(d) => format!("device\0{}", self.dir.devices[d as usize].id),
@@ -438,9 +439,9 @@ impl Engine {
         let Ok(rec) = postcard::from_bytes::<ResidentRecord>(v) else {
             return false;
         };
-        let Some(&r) = std::str::from_utf8(id)
+        let Some(r) = std::str::from_utf8(id)
             .ok()
-            .and_then(|id| self.dir.resident_by_id.get(id))
+            .and_then(|id| self.dir.resident(id))
         else {
             return true; // left the roster
         };
@@ -459,9 +460,9 @@ impl Engine {
         let Ok(rec) = postcard::from_bytes::<HouseholdRecord>(v) else {
             return false;
         };
-        let Some(&h) = std::str::from_utf8(id)
+        let Some(h) = std::str::from_utf8(id)
             .ok()
-            .and_then(|id| self.dir.household_by_key.get(id))
+            .and_then(|id| self.dir.household(id))
         else {
             return true;
         };
@@ -469,7 +470,7 @@ impl Engine {
         for (day, count, creds) in rec.days {
             let slots = creds
                 .iter()
-                .filter_map(|c| self.dir.credentials.get(c.as_str()))
+                .filter_map(|c| self.dir.credential(c))
                 .filter(|c| c.household == h)
                 .map(|c| c.slot)
                 .collect();
@@ -558,16 +559,11 @@ impl Engine {
             return false;
         };
         let subject = match rec.subject_kind {
-            SubjectKind::Resident => self
-                .dir
-                .resident_by_id
-                .get(rec.subject_id.as_str())
-                .map(|&r| SubjectRef::Resident(r)),
+            SubjectKind::Resident => self.dir.resident(&rec.subject_id).map(SubjectRef::Resident),
             SubjectKind::Household => self
                 .dir
-                .household_by_key
-                .get(rec.subject_id.as_str())
-                .map(|&h| SubjectRef::Household(h)),
+                .household(&rec.subject_id)
+                .map(SubjectRef::Household),
             SubjectKind::Credential => rec
                 .credential_hash
                 .map(|h| SubjectRef::Credential(join_hash(h))),
