@@ -7,8 +7,10 @@
 //! 2. Measures what the local broker relays at QoS 1 on loopback: one
 //!    publisher to one QoS 1 subscriber, as fast as possible.
 //! 3. Starts the gateway (10,000-resident roster, 10% watched, 204 access
-//!    devices, one canonical subscription, platform over mutual TLS, store in
-//!    a temporary folder) and waits for `/readyz`.
+//!    devices, 50 elevators polled every second over Modbus TCP from
+//!    simulated monitoring boxes served in-process by tokio-modbus, one
+//!    canonical subscription, platform over mutual TLS, store in a
+//!    temporary folder) and waits for `/readyz`.
 //! 4. Latency at a fixed rate (default 1,000 events/s for 20 s): every 10th
 //!    event is a door `forced` (an immediate `door_forced` raise); a platform
 //!    subscriber times each raise from the moment its event was published.
@@ -38,6 +40,10 @@
 //! `--gateway bench` uses cargo's bench-profile binary instead (no extra
 //! build), `--gateway PATH` any other.
 
+#[path = "../tests/modbus_sim/mod.rs"]
+mod modbus_sim;
+
+use modbus_sim::{Car, Sim, TcpBox};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
@@ -54,6 +60,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// Elevator samples the gateway took in (one per successful poll).
+const MODBUS_SAMPLES: &str = "cg_events_received_total{source=\"modbus\"}";
 const COMPOUND: &str = "bench";
 const UNIT_DOORS: usize = 200;
 const GATES: usize = 4;
@@ -77,6 +85,7 @@ struct Args {
     ingest_events: u64,
     ingest_timeout: u64,
     residents: usize,
+    elevators: usize,
     broker_inflight: u16,
     publisher_inflight: u16,
     broker_nodelay: bool,
@@ -97,6 +106,7 @@ cargo bench --bench load [-- OPTIONS]
   --ingest-events N     saturation phase: events (200000)
   --ingest-timeout S    give up waiting for the gateway after S seconds (60)
   --residents N         roster size, 10% watched (10000)
+  --elevators N         simulated Modbus TCP monitoring boxes the gateway polls every second (50)
   --broker-inflight N   mosquitto max_inflight_messages (100)
   --publisher-inflight N  publisher QoS 1 window (100)
   --broker-nodelay      set_tcp_nodelay true on both brokers (mosquitto default: false)
@@ -118,6 +128,7 @@ fn parse_args() -> Args {
         ingest_events: 200_000,
         ingest_timeout: 60,
         residents: 10_000,
+        elevators: 50,
         broker_inflight: 100,
         publisher_inflight: 100,
         broker_nodelay: false,
@@ -163,6 +174,7 @@ fn parse_args() -> Args {
             "--ingest-events" => num!(a.ingest_events),
             "--ingest-timeout" => num!(a.ingest_timeout),
             "--residents" => num!(a.residents),
+            "--elevators" => num!(a.elevators),
             "--broker-inflight" => num!(a.broker_inflight),
             "--publisher-inflight" => num!(a.publisher_inflight),
             "--broker-nodelay" => a.broker_nodelay = true,
@@ -715,6 +727,7 @@ fn write_gateway_config(
     local_port: u16,
     platform_port: u16,
     certs: &Certs,
+    elevators: &[TcpBox],
 ) -> GatewayFiles {
     write_roster(&dir.join("residents.csv"), args.residents);
     let store = dir.join("store");
@@ -740,6 +753,18 @@ fn write_gateway_config(
         cert = q(&certs.gateway_cert),
         key = q(&certs.gateway_key),
     );
+    if !elevators.is_empty() {
+        cfg.push_str("[modbus]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n");
+    }
+    for (i, b) in elevators.iter().enumerate() {
+        let _ = write!(
+            cfg,
+            "[[devices]]\nid = \"el-{i}\"\nkind = \"elevator\"\nbuilding = \"{}\"\n\
+             modbus = {{ tcp = \"{}\", slave = 247, profile = \"monitor-box\" }}\n\n",
+            i / 2 + 1,
+            b.addr
+        );
+    }
     for g in 0..GATES {
         let _ = write!(
             cfg,
@@ -764,6 +789,39 @@ fn write_gateway_config(
         client_id,
         filter,
     }
+}
+
+/// `n` simulated monitoring boxes on the harness's runtime; the cars move
+/// every 700 ms so that samples change.
+async fn start_elevators(n: usize) -> Vec<TcpBox> {
+    let mut sims = Vec::new();
+    let mut boxes = Vec::new();
+    for _ in 0..n {
+        let sim = Sim::new().with_box(247).without_log();
+        boxes.push(TcpBox::serve(sim.clone()).await);
+        sims.push(sim);
+    }
+    tokio::spawn(async move {
+        let mut tick = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            tick += 1;
+            for (i, sim) in sims.iter().enumerate() {
+                sim.set_car(
+                    247,
+                    Car {
+                        floor: ((tick as usize + i) % 20) as i8 - 2,
+                        up: tick % 3 == 0,
+                        in_zone: tick % 3 != 0,
+                        occupied: i % 2 == 0,
+                        speed_dm: if tick % 3 == 0 { 17 } else { 0 },
+                        ..Car::default()
+                    },
+                );
+            }
+        }
+    });
+    boxes
 }
 
 fn toml_string(s: &str) -> String {
@@ -910,6 +968,17 @@ impl Metrics {
 
     fn get(&self, name: &str) -> f64 {
         self.0.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// Access events received over MQTT (elevator samples left out).
+    fn mqtt_received(&self) -> f64 {
+        self.get("cg_events_received_total{source=\"mqtt\"}")
+    }
+
+    /// Events processed by the engine, less the elevator samples (every
+    /// Modbus sample received is processed).
+    fn mqtt_processed(&self) -> f64 {
+        self.get("cg_events_processed_total") - self.get(MODBUS_SAMPLES)
     }
 
     /// The labelled series of `name` with a non-zero value, `labels=value`.
@@ -1377,10 +1446,10 @@ async fn fixed_rate(gw: &Gw, args: &Args, received: &Received) -> Latency {
     let send_secs = (Instant::now() - start).as_secs_f64();
     let cpu = cpu_now() - cpu0;
     let end = Instant::now();
-    let base = m0.get("cg_events_processed_total") as u64;
+    let base = m0.mqtt_processed() as u64;
     let caught = gw
         .wait_metrics(Duration::from_secs(30), Duration::from_millis(20), |m| {
-            m.get("cg_events_processed_total") as u64 >= base + total
+            m.mqtt_processed() as u64 >= base + total
         })
         .await;
     let caught_up_after = caught.as_ref().map(|(t, _)| (*t - end).as_secs_f64());
@@ -1441,8 +1510,7 @@ async fn fixed_rate(gw: &Gw, args: &Args, received: &Received) -> Latency {
         received: lat_ms.len() as u64,
         duplicates,
         lat_ms,
-        processed: (m1.get("cg_events_processed_total") - m0.get("cg_events_processed_total"))
-            as u64,
+        processed: (m1.mqtt_processed() - m0.mqtt_processed()) as u64,
         caught_up_after,
         transitions_received,
         rss_max_kb: rss_max.load(Ordering::Relaxed).max(p1.rss_kb),
@@ -1497,7 +1565,7 @@ async fn saturate(gw: &Gw, args: &Args, payloads: Vec<(String, Vec<u8>)>) -> Ing
     let m = payloads.len() as u64;
     let m0 = gw.metrics().await;
     let p0 = proc_sample(gw.pid);
-    let processed0 = m0.get("cg_events_processed_total") as u64;
+    let processed0 = m0.mqtt_processed() as u64;
     let committed0 = m0.get("cg_committed_events_total") as u64;
     let cpu0 = cpu_now();
     let start = Instant::now();
@@ -1518,11 +1586,11 @@ async fn saturate(gw: &Gw, args: &Args, payloads: Vec<(String, Vec<u8>)>) -> Ing
     let (end, m1) = loop {
         let now = Instant::now();
         let mm = gw.metrics().await;
-        let processed = mm.get("cg_events_processed_total") as u64 - processed0;
+        let processed = mm.mqtt_processed() as u64 - processed0;
         let committed = mm.get("cg_committed_events_total") as u64 - committed0;
         let done = processed.min(committed);
         backlog_max = backlog_max
-            .max(mm.get("cg_events_received_total") - mm.get("cg_committed_events_total"));
+            .max(mm.mqtt_received() - mm.get("cg_committed_events_total"));
         if t10.is_none() && done >= m / 10 {
             t10 = Some(now);
         }
@@ -1543,7 +1611,7 @@ async fn saturate(gw: &Gw, args: &Args, payloads: Vec<(String, Vec<u8>)>) -> Ing
     let cpu = cpu_now() - cpu0;
     let accepted = sender.await.ok().flatten();
     let p1 = proc_sample(gw.pid);
-    let processed = m1.get("cg_events_processed_total") as u64 - processed0;
+    let processed = m1.mqtt_processed() as u64 - processed0;
     // A stall is timed up to the last progress, not to when it was noticed.
     let end = if stalled { last_progress } else { end };
     let secs = (end - start).as_secs_f64();
@@ -1688,24 +1756,28 @@ async fn restart_check(
         m.get("cg_local_mqtt_connected") >= 1.0
     })
     .await?;
-    // Until what arrives has been committed and nothing more came for 1 s.
+    // Until what arrives has been committed and nothing more came for 1 s
+    // (MQTT only: elevator samples keep coming).
     let mut last = (u64::MAX, Instant::now());
     let deadline = Instant::now() + Duration::from_secs(15);
     let m = loop {
         let m = gw.metrics().await;
-        let received = m.get("cg_events_received_total") as u64;
+        let received = m.mqtt_received() as u64;
+        if Instant::now() > deadline {
+            break m;
+        }
         if received != last.0 || m.get("cg_committed_events_total") < received as f64 {
             last = (received, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(1) || Instant::now() > deadline {
+        } else if last.1.elapsed() > Duration::from_secs(1) {
             break m;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let _ = children.terminate("gateway-restart", Duration::from_secs(20));
     Some(Restart {
-        received: m.get("cg_events_received_total") as u64,
+        received: m.mqtt_received() as u64,
         duplicates: m.get("cg_events_duplicate_total") as u64,
-        processed: m.get("cg_events_processed_total") as u64,
+        processed: m.mqtt_processed() as u64,
     })
 }
 
@@ -1898,8 +1970,9 @@ async fn run(args: Args) -> i32 {
     let relay = measure_relay(local, &args, &ingest).await;
     eprintln!("relay: {:.0} msg/s", relay.rate);
 
-    // 3. The gateway.
-    let files = write_gateway_config(&dir, &args, local, platform, &certs);
+    // 3. The gateway, and the elevators it polls.
+    let elevators = start_elevators(args.elevators).await;
+    let files = write_gateway_config(&dir, &args, local, platform, &certs, &elevators);
     if let Err(e) = provision_session(local, &files.client_id, &files.filter).await {
         panic!("provisioning the gateway's session: {e}");
     }
@@ -1947,7 +2020,9 @@ async fn run(args: Args) -> i32 {
         "fixed rate: {} events/s for {} s, every {}th a door `forced`...",
         args.rate, args.seconds, args.trigger_every
     );
+    let modbus_before = gw.metrics().await.get(MODBUS_SAMPLES);
     let lat = fixed_rate(&gw, &args, &received).await;
+    let modbus_samples = gw.metrics().await.get(MODBUS_SAMPLES) - modbus_before;
     let mut sorted = lat.lat_ms.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (p50, p90, p99, pmax) = (
@@ -2097,6 +2172,15 @@ async fn run(args: Args) -> i32 {
         lat.open_alerts,
         lat.cpu_secs / lat.processed.max(1) as f64 * 1e6,
         lat.cpu.show(lat.secs)
+    );
+    let _ = writeln!(
+        r,
+        "elevators: {} simulated monitoring boxes (Modbus TCP) polled every 1 s: {:.0} samples during the {}/s phase \
+         ({:.0} expected)",
+        args.elevators,
+        modbus_samples,
+        args.rate,
+        (args.elevators as u64 * args.seconds) as f64,
     );
     let _ = writeln!(
         r,
