@@ -1499,6 +1499,13 @@ async fn fixed_rate(gw: &Gw, args: &Args, received: &Received) -> Latency {
     stop.store(1, Ordering::Relaxed);
     let _ = sampler.await;
     let p1 = proc_sample(gw.pid);
+    if let Ok(dir) = std::env::var("CG_LOAD_SMAPS") {
+        // Where the memory is, for whoever tunes it.
+        let _ = std::fs::copy(
+            format!("/proc/{}/smaps", gw.pid),
+            Path::new(&dir).join("gateway-smaps-after-fixed-rate.txt"),
+        );
+    }
     let m1 = gw.metrics().await;
     publisher.close().await;
     let commits = (m1.get("cg_commits_total") - m0.get("cg_commits_total")) as u64;
@@ -1589,8 +1596,7 @@ async fn saturate(gw: &Gw, args: &Args, payloads: Vec<(String, Vec<u8>)>) -> Ing
         let processed = mm.mqtt_processed() as u64 - processed0;
         let committed = mm.get("cg_committed_events_total") as u64 - committed0;
         let done = processed.min(committed);
-        backlog_max = backlog_max
-            .max(mm.mqtt_received() - mm.get("cg_committed_events_total"));
+        backlog_max = backlog_max.max(mm.mqtt_received() - mm.get("cg_committed_events_total"));
         if t10.is_none() && done >= m / 10 {
             t10 = Some(now);
         }

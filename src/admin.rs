@@ -6,7 +6,7 @@
 //! | `GET /metrics` | 200, Prometheus text format 0.0.4 ([`Metrics::render`]) |
 //! | `GET /healthz` | 200 `ok` while the process runs |
 //! | `GET /readyz` | 200 `ready` / 503 `not ready` ([`AdminState::ready`]) |
-//! | `GET /alerts` | 200, JSON array of the open alerts (latest transition of each) |
+//! | `GET /alerts` | 200, JSON array of the open alerts (latest transition of each), built by the daemon when asked; 503 if it does not answer within 5 s |
 //! | other path | 404 |
 //! | other method | 405 with `Allow: GET, HEAD` |
 //!
@@ -31,9 +31,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
+
+/// A request for the open alerts, answered by whoever owns the engine (the
+/// daemon's loop) with the latest transition of each. The list is built
+/// only when asked: rebuilding it after every commit cost CPU at high event
+/// rates and kept a second copy of every open alert in memory.
+pub type AlertsRequest = oneshot::Sender<Vec<AlertTransition>>;
+
+/// How long `/alerts` waits for the daemon's answer (503 after).
+const ALERTS_WAIT: Duration = Duration::from_secs(5);
 
 /// What the admin endpoint shows.
 #[derive(Debug)]
@@ -41,8 +50,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Readiness as `/readyz` reports it (and `cg_ready` at scrape time).
     pub ready: Arc<AtomicBool>,
-    /// The open alerts (the latest transition of each), published by the daemon.
-    pub alerts: watch::Receiver<Arc<Vec<AlertTransition>>>,
+    /// Where `/alerts` asks for the open alerts.
+    pub alerts: mpsc::Sender<AlertsRequest>,
 }
 
 /// Resource limits of the admin server.
@@ -169,7 +178,7 @@ async fn connection(mut stream: TcpStream, state: &AdminState, limits: &Limits) 
         }
         Ok(Err(HeadError::Malformed)) => Response::text(400, "bad request\n").into_bytes(false),
         Ok(Ok(head)) => match parse(&head) {
-            Ok(request) => respond(&request, state),
+            Ok(request) => respond(&request, state).await,
             Err(status) => Response::text(status, &format!("{}\n", reason(status).to_lowercase()))
                 .into_bytes(false),
         },
@@ -348,7 +357,7 @@ fn path_of(target: &str) -> &str {
     &target[..end]
 }
 
-fn respond(request: &Request<'_>, state: &AdminState) -> Vec<u8> {
+async fn respond(request: &Request<'_>, state: &AdminState) -> Vec<u8> {
     let head_only = match request.method {
         "GET" => false,
         "HEAD" => true,
@@ -372,20 +381,30 @@ fn respond(request: &Request<'_>, state: &AdminState) -> Vec<u8> {
                 Response::text(503, "not ready\n")
             }
         }
-        "/alerts" => {
-            // Clone the Arc and release the watch lock before serialising.
-            let alerts = state.alerts.borrow().clone();
-            match serde_json::to_vec(&*alerts) {
+        "/alerts" => match open_alerts(state).await {
+            None => Response::text(503, "the gateway did not answer in time\n"),
+            Some(alerts) => match serde_json::to_vec(&alerts) {
                 Ok(body) => Response::new(200, "application/json", body),
                 Err(e) => {
                     tracing::warn!("admin: cannot serialise open alerts: {e}");
                     Response::text(500, "internal error\n")
                 }
-            }
-        }
+            },
+        },
         _ => Response::text(404, "not found\n"),
     };
     response.into_bytes(head_only)
+}
+
+/// The open alerts from the daemon, or `None` if it did not answer within
+/// [`ALERTS_WAIT`] (or is shutting down).
+async fn open_alerts(state: &AdminState) -> Option<Vec<AlertTransition>> {
+    let ask = async {
+        let (tx, rx) = oneshot::channel();
+        state.alerts.send(tx).await.ok()?;
+        rx.await.ok()
+    };
+    timeout(ALERTS_WAIT, ask).await.ok().flatten()
 }
 
 struct Response {

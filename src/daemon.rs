@@ -246,7 +246,6 @@ struct Daemon {
     clock_watch: ClockWatch,
     local_client: Option<AsyncClient>,
     outbox_changed: Arc<Notify>,
-    alerts_tx: watch::Sender<Arc<Vec<AlertTransition>>>,
     rejects: RateLimitedLog,
     redelivery: Redelivery,
     /// Hashes of the messages applied since the last commit.
@@ -417,7 +416,7 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     let mut transitions = Vec::new();
     engine.start(now, &mut transitions);
     clock_watch.observe(now, clock.monotonic());
-    let (alerts_tx, alerts_rx) = watch::channel(Arc::new(Vec::new()));
+    let (alerts_tx, mut alerts_rx) = mpsc::channel::<admin::AlertsRequest>(8);
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         loaded,
@@ -429,7 +428,6 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
         clock_watch,
         local_client: None,
         outbox_changed: Arc::new(Notify::new()),
-        alerts_tx,
         rejects: RateLimitedLog::new(),
         redelivery,
         applied: Vec::new(),
@@ -461,7 +459,7 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
         let state = Arc::new(AdminState {
             metrics: metrics.clone(),
             ready: ready.clone(),
-            alerts: alerts_rx,
+            alerts: alerts_tx,
         });
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(admin::serve(listener, state, async move {
@@ -531,6 +529,8 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     let mut last_watchdog = Instant::now();
     let mut last_health = Instant::now();
     let mut ingest_open = ingest_task.is_some();
+    // Without the admin endpoint nobody asks for the open alerts.
+    let mut alerts_open = config.admin.enabled;
 
     // 4. The engine loop.
     loop {
@@ -541,6 +541,12 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
             _ = recv_signal(&mut sigint) => { tracing::info!("SIGINT: draining"); break; }
             _ = &mut shutdown => { tracing::info!("shutdown requested: draining"); break; }
             _ = recv_signal(&mut sighup) => d.reload().await,
+            request = alerts_rx.recv(), if alerts_open => match request {
+                Some(reply) => {
+                    let _ = reply.send(d.engine.open_alerts());
+                }
+                None => alerts_open = false,
+            },
             first = ingest_rx.recv(), if ingest_open => match first {
                 Some(p) => {
                     // Group commit: gather what arrives within
@@ -613,9 +619,27 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
         d.apply(rest);
     }
     let result = d.commit().await;
+    // Acknowledgements still waiting for room in rumqttc's queue go out
+    // before the DISCONNECT (the poll task keeps polling until it has gone):
+    // left behind, the broker would redeliver messages already committed.
+    let backlog = d.ack_backlog.len();
     if let Some(client) = &d.local_client {
-        let _ = client.try_disconnect();
+        let flush = async {
+            for p in d.ack_backlog.drain(..) {
+                if client.ack(&p).await.is_err() {
+                    break;
+                }
+            }
+            let _ = client.disconnect().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(3), flush)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the local broker connection did not take the last acknowledgements within 3 s; the broker will redeliver them");
+        }
     }
+    tracing::debug!(backlog, "acknowledgements waiting for rumqttc at shutdown");
     // Keep receiving so the ingest task is never stuck on a full queue.
     let ingest_done = async {
         if let Some(t) = ingest_task {
@@ -817,19 +841,26 @@ impl Daemon {
             self.redelivery.committed(&applied, &mut changes);
         }
         let transitions = std::mem::take(&mut self.transitions);
-        let store = self.store.clone();
         let started = Instant::now();
         let events = self.to_ack.len() as u64;
-        let (report, transitions) = tokio::task::spawn_blocking(move || {
-            let r = store.commit(&changes, &transitions);
-            (r, transitions)
-        })
-        .await
-        .map_err(|e| crate::store::StoreError::Sled {
-            path: self.store.path().to_path_buf(),
-            source: sled::Error::ReportableBug(format!("commit task failed: {e}")),
-        })?;
-        let report = report.inspect_err(|_| self.metrics.store_error())?;
+        // The batch is applied here and only the flush waits on a blocking
+        // thread: sled allocates its new tree nodes in the applying thread,
+        // and keeping them in the main thread's malloc arena saves a second
+        // arena's worth of fragmentation (about 3 MB resident). Nothing
+        // reads the staged entries before the flush (see Store::stage).
+        let report = self
+            .store
+            .stage(&changes, &transitions)
+            .inspect_err(|_| self.metrics.store_error())?;
+        drop(changes);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| crate::store::StoreError::Sled {
+                path: self.store.path().to_path_buf(),
+                source: sled::Error::ReportableBug(format!("flush task failed: {e}")),
+            })?
+            .inspect_err(|_| self.metrics.store_error())?;
         self.metrics.commit(events, started.elapsed());
         for t in &transitions {
             self.metrics.transition(&t.rule, t.state);
@@ -854,7 +885,6 @@ impl Daemon {
             self.alerts_changed = false;
             self.metrics
                 .set_open_alerts(self.engine.open_alert_count() as u64);
-            let _ = self.alerts_tx.send(Arc::new(self.engine.open_alerts()));
         }
         Ok(())
     }

@@ -22,8 +22,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// The whole pipeline on this machine: in-process brokers, simulated doors, accelerated clock.
-    #[cfg(feature = "demo")]
+    /// The whole pipeline on this machine: in-process brokers, simulated doors, accelerated clock
+    /// (builds with `--features demo`; production builds leave the brokers out).
     Demo {
         /// How many times faster than real time the simulated clock runs.
         #[arg(long, default_value_t = 120.0)]
@@ -58,6 +58,14 @@ fn main() -> ExitCode {
     init_logging();
     let code = match cli.command {
         Command::Run { config } => community_gateway::daemon::run(&config),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "this build has no demo (its in-process brokers are left out of production builds); \
+                 run it with: cargo run --release --features demo -- demo"
+            );
+            2
+        }
         #[cfg(feature = "demo")]
         Command::Demo {
             speed,

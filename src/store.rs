@@ -231,7 +231,9 @@ impl Store {
         Ok(report)
     }
 
-    /// Like [`Store::commit`] but without the flush.
+    /// Like [`Store::commit`] but without the flush: the caller must
+    /// [`Store::flush`] before treating the changes as committed. Outbox
+    /// readers do not see staged entries until that flush.
     pub fn stage(
         &self,
         changes: &[StateChange],

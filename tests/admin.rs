@@ -1,17 +1,17 @@
 //! The admin endpoint over a real TCP socket, with raw requests.
 
-use community_gateway::admin::{serve, serve_with, AdminState, Limits};
+use community_gateway::admin::{serve, serve_with, AdminState, AlertsRequest, Limits};
 use community_gateway::alert::{
     AlertTransition, Location, Severity, Subject, SubjectKind, TransitionState,
 };
 use community_gateway::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -19,7 +19,8 @@ struct Server {
     addr: SocketAddr,
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
-    alerts: watch::Sender<Arc<Vec<AlertTransition>>>,
+    /// What the stand-in for the daemon's loop answers `/alerts` with.
+    alerts: Arc<Mutex<Vec<AlertTransition>>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -29,11 +30,18 @@ async fn start(limits: Option<Limits>) -> Server {
     let addr = listener.local_addr().unwrap();
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
-    let (alerts, alerts_rx) = watch::channel(Arc::new(Vec::new()));
+    let alerts: Arc<Mutex<Vec<AlertTransition>>> = Arc::default();
+    let (alerts_tx, mut requests) = mpsc::channel::<AlertsRequest>(8);
+    let open = alerts.clone();
+    tokio::spawn(async move {
+        while let Some(reply) = requests.recv().await {
+            let _ = reply.send(open.lock().unwrap().clone());
+        }
+    });
     let state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: ready.clone(),
-        alerts: alerts_rx,
+        alerts: alerts_tx,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -210,7 +218,7 @@ async fn alerts_are_served_as_json() {
         transition("01JD0Z5K3W8Q9T7V6R5N4M3B2A", "elderly_inactivity"),
         transition("01JD0Z5K3W8Q9T7V6R5N4M3B2B", "door_forced"),
     ];
-    srv.alerts.send_replace(Arc::new(open.clone()));
+    *srv.alerts.lock().unwrap() = open.clone();
     let r = get(srv.addr, "/alerts").await;
     assert_eq!(r.status, 200);
     let parsed: Vec<AlertTransition> = serde_json::from_slice(&r.body).unwrap();
@@ -223,7 +231,7 @@ async fn alerts_are_served_as_json() {
     let many: Vec<AlertTransition> = (0..3000)
         .map(|i| transition(&format!("ID{i:024}"), "not_returned"))
         .collect();
-    srv.alerts.send_replace(Arc::new(many));
+    *srv.alerts.lock().unwrap() = many;
     let r = get(srv.addr, "/alerts").await;
     let parsed: Vec<AlertTransition> = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(parsed.len(), 3000);
@@ -561,4 +569,21 @@ async fn shutdown_stops_the_server() {
             assert!(out.is_empty(), "answered after shutdown");
         }
     }
+}
+
+#[tokio::test]
+async fn alerts_answer_503_when_the_daemon_is_gone() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (alerts, requests) = mpsc::channel::<AlertsRequest>(1);
+    drop(requests); // the daemon's loop has ended
+    let state = Arc::new(AdminState {
+        metrics: Arc::new(Metrics::new()),
+        ready: Arc::new(AtomicBool::new(true)),
+        alerts,
+    });
+    tokio::spawn(serve(listener, state, std::future::pending::<()>()));
+    let r = get(addr, "/alerts").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(get(addr, "/healthz").await.status, 200);
 }

@@ -18,7 +18,7 @@ fn ack_from_the_platform_stops_escalation() {
     let sub = env.subscriber();
     let mut cfg = env.config();
     cfg.rules = "[rules.door_forced]\nseverity = \"low\"\nescalate_after = \"2s\"\n".into();
-    let _gw = Gateway::start(cfg);
+    let gw = Gateway::start(cfg);
     let mut dev = env.publisher();
 
     dev.publish_json(&topic("door-1"), &door("door-1", "forced"));
@@ -61,6 +61,19 @@ fn ack_from_the_platform_stops_escalation() {
         .collect();
     assert_eq!(escalated[0]["severity"], "medium");
     assert_eq!(escalated[1]["severity"], "high");
+
+    // The admin endpoint lists both open alerts (built by the daemon's loop
+    // when asked), door-2 at its latest revision.
+    let (status, body) = gw.get("/alerts").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 200, "{body}");
+    let open: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(open.len(), 2, "{body}");
+    assert!(open.iter().any(|t| t["alert_id"] == acked), "{body}");
+    let door2 = open
+        .iter()
+        .find(|t| t["subject"]["id"] == "door-2")
+        .unwrap();
+    assert!(door2["revision"].as_u64().unwrap() >= 3, "{body}");
 
     // Clearing still works for the acknowledged alert, as its next revision.
     dev.publish_json(&topic("door-1"), &door("door-1", "closed"));
