@@ -529,8 +529,11 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     let mut last_watchdog = Instant::now();
     let mut last_health = Instant::now();
     let mut ingest_open = ingest_task.is_some();
-    // Without the admin endpoint nobody asks for the open alerts.
+    // Without the admin endpoint nobody asks for the open alerts; without a
+    // platform no commands come. A closed channel's branch is switched off,
+    // or it would be ready on every turn and spin the loop.
     let mut alerts_open = config.admin.enabled;
+    let mut commands_open = uplink_task.is_some();
 
     // 4. The engine loop.
     loop {
@@ -582,7 +585,10 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
                 }
                 None => modbus_open = false,
             },
-            cmd = commands_rx.recv() => if let Some(cmd) = cmd { d.command(cmd) },
+            cmd = commands_rx.recv(), if commands_open => match cmd {
+                Some(cmd) => d.command(cmd),
+                None => commands_open = false,
+            },
             _ = tokio::time::sleep(wake) => {}
         }
         d.clock_watch

@@ -166,3 +166,42 @@ fn sighup_reloads_rules_and_keeps_the_old_configuration_when_the_new_one_is_inva
     sub.wait_for(|a| has(a, "denied_burst", "door-2", "raised"), secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Regression: without `[platform]` the command channel is closed from the
+/// start; its branch of the engine loop must be switched off, not be ready
+/// on every turn (it spun a core at 100 %).
+#[test]
+fn without_a_platform_the_idle_gateway_does_not_spin() {
+    let env = Env::new();
+    let mut cfg = env.config();
+    cfg.platform = None;
+    let mut gw = Gateway::start(cfg);
+    gw.wait_ready(secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    let pid = gw.pid().expect("running");
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name: state is 3rd, utime 14th, stime 15th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        f[0] + f[1]
+    };
+    let before = cpu_ticks();
+    std::thread::sleep(secs(2));
+    let used = cpu_ticks() - before;
+    // Idle work (the clock watch, health checks) costs a few ticks; a
+    // spinning loop uses about 200 (USER_HZ 100) in these 2 s.
+    assert!(
+        used < 50,
+        "{used} ticks of CPU in 2 s idle\n{}",
+        gw.log_tail(20)
+    );
+    assert_eq!(
+        gw.terminate().unwrap_or_else(|e| panic!("{e}")).code(),
+        Some(0)
+    );
+}
