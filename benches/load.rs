@@ -42,7 +42,13 @@
 
 #[path = "../tests/modbus_sim/mod.rs"]
 mod modbus_sim;
+// The bench uses the CA, the server and the gateway's and subscriber's
+// certificates; the rogue ones go unused.
+#[allow(dead_code)]
+#[path = "../tests/support/certs.rs"]
+mod certs;
 
+use certs::Certs;
 use modbus_sim::{Car, Sim, TcpBox};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS,
@@ -350,97 +356,8 @@ fn mark(ok: bool) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------
-// Certificates (as tests/support/certs.rs): a private CA, a localhost server
-// certificate, client certificates for the gateway and the platform subscriber.
-
-struct Certs {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    gateway_cert: PathBuf,
-    gateway_key: PathBuf,
-    subscriber_cert: PathBuf,
-    subscriber_key: PathBuf,
-}
-
-fn generate_certs(dir: &Path) -> Certs {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let name = |cn: &str| {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "community-gateway load bench");
-        dn.push(DnType::CommonName, cn);
-        dn
-    };
-    let validity = |p: &mut CertificateParams| {
-        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    };
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    validity(&mut p);
-    p.distinguished_name = name("load bench platform CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = p.self_signed(&ca_key).unwrap();
-    let write = |file: &str, pem: &str| {
-        let path = dir.join(file);
-        std::fs::write(&path, pem).unwrap();
-        path
-    };
-    let leaf = |stem: &str, cn: &str, server: bool| {
-        let sans: Vec<String> = if server {
-            vec!["localhost".into(), "127.0.0.1".into()]
-        } else {
-            Vec::new()
-        };
-        let mut p = CertificateParams::new(sans).unwrap();
-        validity(&mut p);
-        p.distinguished_name = name(cn);
-        p.use_authority_key_identifier_extension = true;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
-        (
-            write(&format!("{stem}.crt"), &cert.pem()),
-            write(&format!("{stem}.key"), &key.serialize_pem()),
-        )
-    };
-    let (server_cert, server_key) = leaf("server", "localhost", true);
-    let (gateway_cert, gateway_key) = leaf("gateway", "community-gateway", false);
-    let (subscriber_cert, subscriber_key) = leaf("subscriber", "load-subscriber", false);
-    let certs = Certs {
-        ca: write("ca.crt", &ca_cert.pem()),
-        server_cert,
-        server_key,
-        gateway_cert,
-        gateway_key,
-        subscriber_cert,
-        subscriber_key,
-    };
-    // mosquitto started as root may drop privileges; keep the files readable.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
-    }
-    certs
-}
+// Certificates: tests/support/certs.rs (included above), written into the
+// run's folder so that `--keep` keeps them with the broker configurations.
 
 /// The gateway's own TLS client configuration, for the platform subscriber.
 fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Arc<rustls::ClientConfig> {
@@ -750,8 +667,8 @@ fn write_gateway_config(
          tls = {{ ca_file = {ca}, cert_file = {cert}, key_file = {key}, server_name = \"localhost\" }}\n\n",
         store = q(&store),
         ca = q(&certs.ca),
-        cert = q(&certs.gateway_cert),
-        key = q(&certs.gateway_key),
+        cert = q(&certs.gateway.cert),
+        key = q(&certs.gateway.key),
     );
     if !elevators.is_empty() {
         cfg.push_str("[modbus]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\n");
@@ -1295,7 +1212,7 @@ async fn platform_subscriber(
 ) -> (AsyncClient, Received, tokio::task::JoinHandle<()>) {
     let mut opts = options(client_id("load-platform"), port, 100, true);
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        client_tls(&certs.ca, &certs.subscriber_cert, &certs.subscriber_key),
+        client_tls(&certs.ca, &certs.subscriber.cert, &certs.subscriber.key),
     )));
     let (client, mut el) = connect(opts, 1024)
         .await
@@ -1933,7 +1850,7 @@ async fn run(args: Args) -> i32 {
     let mut children = Children::default();
 
     // 1. Brokers.
-    let certs = generate_certs(&{
+    let certs = Certs::generate_in(&{
         let d = dir.join("certs");
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -1951,8 +1868,8 @@ async fn run(args: Args) -> i32 {
         &args,
         Some(TlsFiles {
             ca: &certs.ca,
-            cert: &certs.server_cert,
-            key: &certs.server_key,
+            cert: &certs.server.cert,
+            key: &certs.server.key,
         }),
     );
     PIDS.lock().unwrap()[2] = children.get("platform-broker").id();

@@ -2,7 +2,6 @@
 
 use crate::config::{self, Problem};
 use crate::roster;
-use crate::time::Calendar;
 use std::io::Write;
 use std::path::Path;
 
@@ -35,12 +34,7 @@ pub fn check_problems(config_path: &Path) -> Vec<Problem> {
         Ok(cfg) => cfg,
         Err(problems) => return problems.0,
     };
-    let mut problems = Vec::new();
-    if let Some(path) = &cfg.roster {
-        let loaded = roster::load(path, &Calendar::new(cfg.timezone));
-        problems.extend(loaded.problems);
-    }
-    problems
+    roster::load_configured(&cfg, |_| {})
 }
 
 /// Things that work but that a careful operator should change.

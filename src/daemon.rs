@@ -28,7 +28,7 @@ use crate::sources::modbus::{self, PollReport};
 use crate::sources::mqtt;
 use crate::store::{OutboxBounds, Store};
 use crate::systemd;
-use crate::time::{Calendar, Ts};
+use crate::time::Ts;
 use rumqttc::{AsyncClient, Publish, QoS};
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -79,11 +79,8 @@ fn load(path: &Path) -> Result<Loaded, Vec<String>> {
 /// and left out (never fatal).
 fn load_roster(config: &Config) -> RosterIndex {
     let mut index = RosterIndex::default();
-    if let Some(r) = &config.roster {
-        let calendar = Calendar::new(config.timezone);
-        for p in roster::load_each(r, &calendar, |row| index.add(&row)) {
-            tracing::warn!("{p} (row left out)");
-        }
+    for p in roster::load_configured(config, |row| index.add(&row)) {
+        tracing::warn!("{p} (row left out)");
     }
     index
 }
@@ -254,8 +251,6 @@ struct Daemon {
     to_ack: Vec<Publish>,
     /// Committed messages whose acknowledgement rumqttc could not take yet.
     ack_backlog: std::collections::VecDeque<Publish>,
-    /// Open alerts changed since `/alerts` was last refreshed.
-    alerts_changed: bool,
 }
 
 /// How the daemon tells time and when it stops (besides SIGTERM/SIGINT).
@@ -434,7 +429,6 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
         transitions,
         to_ack: Vec::new(),
         ack_backlog: std::collections::VecDeque::new(),
-        alerts_changed: true,
     };
     d.clock_watch
         .advance(&mut d.engine, d.clock.as_ref(), &mut d.transitions);
@@ -525,7 +519,7 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
     metrics.set_ready(true);
     let _ = systemd::ready();
     tracing::info!(compound = %config.compound, version = env!("CARGO_PKG_VERSION"), "community-gateway running");
-    let watchdog = systemd::watchdog_interval().map(|i| i / 2);
+    let watchdog = systemd::watchdog_ping_period();
     let mut last_watchdog = Instant::now();
     let mut last_health = Instant::now();
     let mut ingest_open = ingest_task.is_some();
@@ -810,7 +804,6 @@ impl Daemon {
     }
 
     fn command(&mut self, cmd: Command) {
-        self.alerts_changed = true;
         match cmd {
             Command::Ack { alert_id, by } => {
                 let known = self.engine.acknowledge(&alert_id, &by);
@@ -873,10 +866,8 @@ impl Daemon {
             tracing::info!(alert_id = %t.alert_id, revision = t.revision, rule = %t.rule, state = ?t.state,
                 subject = %t.subject.id, severity = %t.severity, "alert");
         }
-        for (severity, n) in &report.dropped {
-            for _ in 0..*n {
-                self.metrics.outbox_dropped(*severity);
-            }
+        for &(severity, n) in &report.dropped {
+            self.metrics.outbox_dropped(severity, n);
         }
         // Committed: these may now be acknowledged.
         self.ack_backlog.extend(self.to_ack.drain(..));
@@ -887,11 +878,8 @@ impl Daemon {
             self.outbox_changed.notify_one();
             self.check_outbox();
         }
-        if self.alerts_changed || !transitions.is_empty() {
-            self.alerts_changed = false;
-            self.metrics
-                .set_open_alerts(self.engine.open_alert_count() as u64);
-        }
+        self.metrics
+            .set_open_alerts(self.engine.open_alert_count() as u64);
         Ok(())
     }
 

@@ -337,9 +337,9 @@ impl Metrics {
         self.transitions[row][state_index(state)].fetch_add(1, Relaxed);
     }
 
-    /// The full outbox dropped a transition of this severity.
-    pub fn outbox_dropped(&self, severity: Severity) {
-        self.outbox_dropped[severity_index(severity)].fetch_add(1, Relaxed);
+    /// The full outbox dropped `n` transitions of this severity.
+    pub fn outbox_dropped(&self, severity: Severity, n: u64) {
+        self.outbox_dropped[severity_index(severity)].fetch_add(n, Relaxed);
     }
 
     /// Current outbox backlog.
@@ -1124,7 +1124,7 @@ mod tests {
         m.transition("elderly_inactivity", TransitionState::Escalated);
         m.transition("door_forced", TransitionState::Cleared);
         m.transition("no_such_rule", TransitionState::Raised);
-        m.outbox_dropped(Severity::Low);
+        m.outbox_dropped(Severity::Low, 1);
         m.set_outbox(12, 3456);
         m.set_open_alerts(3);
         m.uplink_published();

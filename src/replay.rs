@@ -6,10 +6,10 @@
 
 use crate::alert::AlertTransition;
 use crate::config;
-use crate::engine::Engine;
+use crate::engine::{Engine, RosterIndex};
 use crate::event::decode;
 use crate::roster;
-use crate::time::{Calendar, Ts};
+use crate::time::Ts;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -101,17 +101,11 @@ pub fn engine_from_config<D: Write>(
     diag: &mut D,
 ) -> Result<Engine, config::Problems> {
     let cfg = config::load(config_path)?;
-    let roster = match &cfg.roster {
-        Some(path) => {
-            let loaded = roster::load(path, &Calendar::new(cfg.timezone));
-            for p in &loaded.problems {
-                let _ = writeln!(diag, "{p} (row skipped)");
-            }
-            loaded.roster
-        }
-        None => roster::Roster::default(),
-    };
-    Ok(Engine::new(Arc::new(cfg), &roster))
+    let mut index = RosterIndex::default();
+    for p in roster::load_configured(&cfg, |row| index.add(&row)) {
+        let _ = writeln!(diag, "{p} (row skipped)");
+    }
+    Ok(Engine::with_roster(Arc::new(cfg), index))
 }
 
 /// The `replay` subcommand. Exit codes: 0 done (bad lines are reported and

@@ -111,9 +111,24 @@ pub struct Resident {
 }
 
 impl Resident {
-    /// The household key `building-unit-room`.
+    /// The household key, `building-unit-room`.
     pub fn household(&self) -> String {
-        format!("{}-{}-{}", self.building, self.unit, self.room)
+        let mut key = String::new();
+        self.write_household(&mut key);
+        key
+    }
+
+    /// Appends the household key to `out` (no allocation of its own).
+    pub fn write_household(&self, out: &mut String) {
+        for (i, part) in [&self.building, &self.unit, &self.room]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push_str(part);
+        }
     }
 }
 
@@ -152,6 +167,15 @@ pub fn load_each(path: &Path, calendar: &Calendar, each: impl FnMut(Resident)) -
             None,
             format!("cannot read roster: {e}"),
         )],
+    }
+}
+
+/// The roster `config` names, if any ([`load_each`] in the compound's time
+/// zone); without one, no rows and no problems.
+pub fn load_configured(config: &crate::config::Config, each: impl FnMut(Resident)) -> Vec<Problem> {
+    match &config.roster {
+        Some(path) => load_each(path, &Calendar::new(config.timezone), each),
+        None => Vec::new(),
     }
 }
 

@@ -665,14 +665,19 @@ impl Engine {
         self.clear(&key, ts, &[]);
     }
 
-    pub(super) fn offline_due(&mut self, d: u32, due: Ts) {
+    /// `device_offline`'s severity for the device's kind.
+    pub(super) fn offline_severity(&self, d: u32) -> crate::alert::Severity {
         let p = &self.config.rules.device_offline;
-        let severity = match self.dir.devices[d as usize].kind {
+        match self.dir.devices[d as usize].kind {
             DeviceKind::Elevator => p.elevator_severity,
             DeviceKind::Access => p.access_severity,
             DeviceKind::Other => p.severity,
-        };
-        let after = p.after.millis();
+        }
+    }
+
+    pub(super) fn offline_due(&mut self, d: u32, due: Ts) {
+        let severity = self.offline_severity(d);
+        let after = self.config.rules.device_offline.after.millis();
         let last_seen = self.devices[d as usize].last_seen;
         let (subject, location) = self.device_subject(d);
         let evidence = json!({

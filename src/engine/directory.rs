@@ -124,7 +124,6 @@ pub struct Directory {
     pub devices: Vec<DeviceEntry>,
     pub device_by_id: FxHashMap<Box<str>, u32>,
     undeclared: usize,
-    building_grid: HashMap<String, String>,
 }
 
 /// The roster as the engine keeps it, built row by row (see
@@ -142,21 +141,22 @@ impl RosterIndex {
     /// loader has reported it).
     pub fn add(&mut self, r: &Resident) {
         let dir = &mut self.dir;
-        if dir.resident_ids.get(&r.id).is_some() {
+        // Ids are dense: the new resident's id is its index in `residents`.
+        let (resident, new) = dir.resident_ids.insert(&r.id);
+        if !new {
             return;
         }
+        let building = dir.place(&r.building);
         let grid = dir.place(r.grid.as_deref().unwrap_or(""));
-        if grid != Sym::NONE {
-            let building = dir.place(&r.building);
+        if grid != Sym::NONE && building != Sym::NONE {
             *self.grid_votes.entry((building, grid)).or_default() += 1;
         }
         self.key.clear();
-        use std::fmt::Write;
-        let _ = write!(self.key, "{}-{}-{}", r.building, r.unit, r.room);
+        r.write_household(&mut self.key);
         let (household, new) = dir.household_keys.insert(&self.key);
         if new {
             let entry = HouseholdEntry {
-                building: dir.place(&r.building),
+                building,
                 unit: dir.place(&r.unit),
                 room: dir.place(&r.room),
                 grid,
@@ -164,7 +164,6 @@ impl RosterIndex {
             };
             dir.households.push(entry);
         }
-        let (resident, _) = dir.resident_ids.insert(&r.id);
         dir.residents.push(ResidentEntry {
             household,
             grid,
@@ -219,32 +218,16 @@ impl Directory {
                 *e = (votes, name);
             }
         }
-        let building_grid: HashMap<String, String> = best
-            .into_iter()
-            .map(|(b, (_, g))| (dir.places.text(b.0).to_string(), g.to_string()))
-            .collect();
-        dir.building_grid = building_grid;
-        for k in [
-            &mut dir.resident_ids,
-            &mut dir.household_keys,
-            &mut dir.credential_ids,
-            &mut dir.places,
-        ] {
-            k.shrink();
-        }
-        dir.residents.shrink_to_fit();
-        dir.households.shrink_to_fit();
-        dir.credentials.shrink_to_fit();
         for d in &config.devices {
+            let building_grid = || {
+                let b = dir.places.get(d.building.as_deref()?)?;
+                best.get(&Sym(b)).map(|&(_, g)| g.to_string())
+            };
             let location = Location {
                 building: d.building.clone(),
                 unit: d.unit.clone(),
                 room: None,
-                grid: d.grid.clone().or_else(|| {
-                    d.building
-                        .as_ref()
-                        .and_then(|b| dir.building_grid.get(b).cloned())
-                }),
+                grid: d.grid.clone().or_else(building_grid),
                 device: Some(d.id.clone()),
             };
             let idx = dir.devices.len() as u32;
@@ -260,6 +243,17 @@ impl Directory {
                 elevator: ElevatorSpec::from_config(d),
             });
         }
+        for k in [
+            &mut dir.resident_ids,
+            &mut dir.household_keys,
+            &mut dir.credential_ids,
+            &mut dir.places,
+        ] {
+            k.shrink();
+        }
+        dir.residents.shrink_to_fit();
+        dir.households.shrink_to_fit();
+        dir.credentials.shrink_to_fit();
         dir
     }
 

@@ -27,7 +27,7 @@ use super::alerts::{AlertKey, Raise, Rule, SubjectRef};
 use super::timers::{Deadline, ElevatorTimer, TimerKey};
 use super::{Engine, StateKey};
 use crate::alert::{AlertTransition, Severity};
-use crate::config::{DeviceKind, Language};
+use crate::config::Language;
 use crate::event::{CarDoor, ElevatorMode, ElevatorSample, TravelDirection};
 use crate::time::{format_duration, Millis, Ts};
 use serde_json::{json, Value};
@@ -1008,12 +1008,7 @@ impl Engine {
             let (count, since) = (p.count, p.since);
             let key = AlertKey::new(Rule::DeviceOffline, SubjectRef::Device(d));
             if count >= threshold && !self.is_open(&key) {
-                let p = &self.config.rules.device_offline;
-                let severity = match self.dir.devices[d as usize].kind {
-                    DeviceKind::Elevator => p.elevator_severity,
-                    DeviceKind::Access => p.access_severity,
-                    DeviceKind::Other => p.severity,
-                };
+                let severity = self.offline_severity(d);
                 let (subject, location) = self.device_subject(d);
                 let evidence = json!({
                     "failures": count,

@@ -115,9 +115,6 @@ pub fn local_options(
     // `max_payload`, which is enforced per message (rejected and acked).
     // Brokers should cap message size too (mosquitto: message_size_limit).
     o.set_max_packet_size(local.max_payload.saturating_mul(16).max(1 << 20), 64 * 1024);
-    // Acks are queued by the engine without waiting; room for every message
-    // that can be between the broker and a commit.
-    o.set_request_channel_capacity(local.queue.saturating_mul(2).max(1024));
     Ok(o)
 }
 
@@ -128,6 +125,9 @@ pub fn connect(
     local: &LocalMqttConfig,
 ) -> Result<(AsyncClient, EventLoop), tls::TlsError> {
     let options = local_options(config, local)?;
+    // The request channel (rumqttc sizes it from this argument, not from
+    // MqttOptions): acks are queued by the engine without waiting; room for
+    // every message that can be between the broker and a commit.
     let cap = local.queue.saturating_mul(2).max(1024);
     Ok(AsyncClient::new(options, cap))
 }

@@ -133,15 +133,6 @@ impl Sim {
         }
     }
 
-    pub fn set_register(&self, slave: u8, addr: u16, value: u16) {
-        let mut g = self.0.lock().unwrap();
-        g.slaves
-            .get_mut(&slave)
-            .expect("slave")
-            .holding
-            .insert(addr, value);
-    }
-
     pub fn set_delay(&self, slave: u8, d: Duration) {
         self.0.lock().unwrap().slaves.get_mut(&slave).unwrap().delay = d;
     }
@@ -165,10 +156,6 @@ impl Sim {
     /// Every request seen so far.
     pub fn log(&self) -> Vec<Seen> {
         self.0.lock().unwrap().log.clone()
-    }
-
-    pub fn clear_log(&self) {
-        self.0.lock().unwrap().log.clear();
     }
 
     /// Requests that arrived while another was being answered.

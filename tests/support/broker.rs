@@ -284,10 +284,6 @@ impl LocalBroker {
         })
     }
 
-    pub fn host(&self) -> &'static str {
-        "127.0.0.1"
-    }
-
     pub fn port(&self) -> u16 {
         self.0.port()
     }

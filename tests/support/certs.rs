@@ -1,7 +1,9 @@
 //! Test PKI generated with rcgen: a private CA, a `localhost`/127.0.0.1
 //! server certificate and two client certificates signed by it, and an
 //! unrelated "rogue" CA with its own `localhost` server certificate. PEM
-//! files in a temporary folder that lives as long as [`Certs`].
+//! files in a temporary folder that lives as long as [`Certs`], or in a
+//! folder of the caller's ([`Certs::generate_in`]; the load bench includes
+//! this file with `#[path]`).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -18,7 +20,7 @@ pub struct CertPair {
 
 #[derive(Debug)]
 pub struct Certs {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     /// Folder holding the PEM files.
     pub dir: PathBuf,
     /// The platform's private CA (trusted by the gateway and the subscriber;
@@ -108,12 +110,20 @@ fn write_leaf(dir: &Path, stem: &str, (cert, key): (rcgen::Certificate, KeyPair)
 }
 
 impl Certs {
+    /// In a temporary folder removed with the returned value.
     pub fn generate() -> Certs {
         let tmp = tempfile::Builder::new()
             .prefix("cg-e2e-certs-")
             .tempdir()
             .unwrap();
-        let dir = tmp.path().to_path_buf();
+        let mut certs = Certs::generate_in(tmp.path());
+        certs._dir = Some(tmp);
+        certs
+    }
+
+    /// In `dir`, which the caller keeps.
+    pub fn generate_in(dir: &Path) -> Certs {
+        let dir = dir.to_path_buf();
         // Brokers that drop root privileges (mosquitto) must still read these.
         #[cfg(unix)]
         {
@@ -132,7 +142,7 @@ impl Certs {
             rogue_server: write_leaf(&dir, "rogue-server", leaf(&rogue, "localhost", true)),
             rogue_client: write_leaf(&dir, "rogue-client", leaf(&rogue, "rogue-client", false)),
             dir,
-            _dir: tmp,
+            _dir: None,
         };
         #[cfg(unix)]
         {

@@ -26,10 +26,6 @@ pub fn door(device: &str, state: &str) -> Value {
     json!({"type": "door", "ts": now_ts(), "device": device, "state": state})
 }
 
-pub fn heartbeat(device: &str) -> Value {
-    json!({"type": "heartbeat", "ts": now_ts(), "device": device})
-}
-
 /// The current time in the compound's zone (+08:00).
 pub fn local_now() -> chrono::DateTime<chrono::FixedOffset> {
     chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
@@ -74,7 +70,6 @@ pub fn uhppoted(granted: bool, card: u64, direction: u8) -> Value {
 /// Device names the vendor samples report themselves by.
 pub const HIKVISION_DEVICE_NAME: &str = "12-1-entrance";
 pub const DAHUA_SERIAL: &str = "8L0A1B2PAZ8C3D4";
-pub const UHPPOTED_DEVICE: &str = "405419896-2";
 
 pub const HIKVISION_SAMPLE: &str = r#"{"ipAddress":"192.0.2.41","portNo":80,"protocol":"HTTP","dateTime":"2026-11-02T07:58:12+08:00","activePostCount":1,"eventType":"AccessControllerEvent","eventState":"active","eventDescription":"Access Controller Event","AccessControllerEvent":{"deviceName":"12-1-entrance","majorEventType":5,"subEventType":1,"name":"","cardReaderKind":1,"cardReaderNo":1,"verifyNo":201,"employeeNoString":"R-0312","cardNo":"3285011022","serialNo":25523,"userType":"normal","currentVerifyMode":"cardOrFaceOrFp","attendanceStatus":"undefined","mask":"no"}}"#;
 

@@ -369,10 +369,6 @@ impl Gateway {
         self.dir.join("store")
     }
 
-    pub fn admin_port(&self) -> u16 {
-        self.admin_port
-    }
-
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -415,22 +411,9 @@ impl Gateway {
         }
     }
 
-    /// The exit status, if the process has exited (without waiting).
-    pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
     /// Polls `GET /readyz` until it answers 200. Fails early if the process exits.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         self.wait_http("/readyz", timeout)
-    }
-
-    /// Polls `GET /healthz` until it answers 200 (the process is up, whether
-    /// or not its brokers are reachable).
-    pub fn wait_alive(&mut self, timeout: Duration) -> Result<(), String> {
-        self.wait_http("/healthz", timeout)
     }
 
     fn wait_http(&mut self, path: &str, timeout: Duration) -> Result<(), String> {
@@ -473,19 +456,6 @@ impl Gateway {
             return Err(format!("/metrics answered {code}: {body}"));
         }
         Ok(parse_metrics(&body))
-    }
-
-    /// One series (`cg_events_processed_total` or
-    /// `cg_events_rejected_total{reason="invalid_json"}`); 0 when absent.
-    pub fn metric(&self, series: &str) -> f64 {
-        let m = self.metrics().unwrap_or_else(|e| panic!("{e}"));
-        m.get(series).copied().unwrap_or(0.0)
-    }
-
-    /// The sum of every series of metric `name`, whatever its labels.
-    pub fn metric_sum(&self, name: &str) -> f64 {
-        let m = self.metrics().unwrap_or_else(|e| panic!("{e}"));
-        sum_of(&m, name)
     }
 
     /// Polls `/metrics` until `pred` holds for the sum of metric `name`.
@@ -540,18 +510,6 @@ impl Gateway {
     pub fn signal(&mut self, name: &str) -> Result<(), String> {
         let pid = self.pid().ok_or("the gateway is not running")?;
         send_signal(pid, name)
-    }
-
-    /// Stops the process if it runs (SIGTERM; SIGKILL if it hangs) and starts
-    /// it again with the current configuration and store.
-    pub fn restart(&mut self) {
-        if self.is_running() {
-            if let Err(e) = self.terminate() {
-                eprintln!("restart: {e}");
-            }
-        }
-        self.child = None;
-        self.spawn();
     }
 
     /// Everything the process wrote to stdout and stderr, over all starts.

@@ -207,11 +207,6 @@ impl Publisher {
     pub fn publish_json(&mut self, topic: &str, value: &Value) {
         self.publish(topic, value.to_string());
     }
-
-    /// Messages the broker acknowledged so far.
-    pub fn acknowledged(&self) -> u64 {
-        self.progress.pubacks.load(Ordering::SeqCst)
-    }
 }
 
 impl Drop for Publisher {
@@ -290,21 +285,17 @@ impl Subscriber {
     /// Alert transitions received so far (payloads on the alerts topic), in
     /// arrival order; a payload that is not JSON appears as a JSON string.
     pub fn alerts(&self) -> Vec<Value> {
-        let topic = self.alerts_topic();
-        self.messages()
-            .into_iter()
-            .filter(|m| m.topic == topic)
-            .map(|m| {
-                serde_json::from_slice(&m.payload).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(&m.payload).into_owned())
-                })
-            })
-            .collect()
+        self.payloads_on(&self.alerts_topic())
     }
 
     /// Payloads received on the status topic, parsed as JSON where possible.
     pub fn statuses(&self) -> Vec<Value> {
-        let topic = self.status_topic();
+        self.payloads_on(&self.status_topic())
+    }
+
+    /// Payloads received on `topic` in arrival order, as JSON (a payload
+    /// that is not JSON appears as a JSON string).
+    fn payloads_on(&self, topic: &str) -> Vec<Value> {
         self.messages()
             .into_iter()
             .filter(|m| m.topic == topic)
