@@ -75,6 +75,13 @@ fn load(path: &Path) -> Result<Loaded, Vec<String>> {
     })
 }
 
+fn outbox_bounds(config: &Config) -> OutboxBounds {
+    OutboxBounds {
+        max_entries: config.outbox.max_entries,
+        max_bytes: config.outbox.max_bytes,
+    }
+}
+
 /// The roster's good rows, indexed as they are read; bad rows are logged
 /// and left out (never fatal).
 fn load_roster(config: &Config) -> RosterIndex {
@@ -361,10 +368,7 @@ pub async fn run_with<S: std::future::Future<Output = ()>>(
             return 1;
         }
     };
-    store.set_bounds(OutboxBounds {
-        max_entries: config.outbox.max_entries,
-        max_bytes: config.outbox.max_bytes,
-    });
+    store.set_bounds(outbox_bounds(&config));
     let metrics = Arc::new(Metrics::new());
     // The roster is parsed after the store is open, on purpose: sled
     // allocates ~28 MB of tables at open that it mostly never touches
@@ -959,8 +963,10 @@ impl Daemon {
                     || old.modbus != loaded.config.modbus
                     || old.admin != loaded.config.admin
                 {
-                    tracing::warn!("changes to [local_mqtt] connection settings, [platform], [storage], [admin] and [modbus] take effect at the next restart; subscriptions' decoding, devices, roster and rules are reloaded now");
+                    tracing::warn!("changes to [local_mqtt] connection settings, [platform], [storage], [admin] and [modbus] take effect at the next restart; subscriptions' decoding, devices, roster, rules and [outbox] bounds are reloaded now");
                 }
+                // Enforced from the next commit on.
+                self.store.set_bounds(outbox_bounds(&loaded.config));
                 let snapshot = self.engine.snapshot();
                 let roster = load_roster(&loaded.config);
                 let residents = roster.residents();

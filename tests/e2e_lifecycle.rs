@@ -205,3 +205,46 @@ fn without_a_platform_the_idle_gateway_does_not_spin() {
         Some(0)
     );
 }
+
+/// SIGHUP applies new `[outbox]` bounds: the next commit trims the outbox to
+/// them (oldest of the lowest severity first), no restart needed.
+#[test]
+fn sighup_applies_new_outbox_bounds() {
+    let env = Env::new();
+    let mut cfg = env.config();
+    cfg.platform = None; // alerts stay in the outbox
+    cfg.devices.push_str(
+        &(0..16)
+            .map(|i| {
+                format!("\n[[devices]]\nid = \"ob-{i}\"\nkind = \"access\"\nbuilding = \"9\"\n")
+            })
+            .collect::<String>(),
+    );
+    let mut gw = Gateway::start(cfg.clone());
+    gw.wait_ready(secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    let mut dev = env.publisher();
+    for i in 0..15 {
+        let d = format!("ob-{i}");
+        dev.publish_json(&topic(&d), &door(&d, "forced"));
+    }
+    gw.wait_metric("cg_outbox_entries", |n| n >= 15.0, secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
+
+    cfg.extra = "\n[outbox]\nmax_entries = 10\n".into();
+    gw.set_config(cfg);
+    gw.reload().unwrap();
+    gw.wait_metric(
+        "cg_config_reloads_total{result=\"ok\"}",
+        |n| n >= 1.0,
+        secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
+    dev.publish_json(&topic("ob-15"), &door("ob-15", "forced"));
+    gw.wait_metric("cg_outbox_entries", |n| n <= 10.0, secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
+    let m = gw.metrics().unwrap();
+    assert!(
+        support::gateway::sum_of(&m, "cg_outbox_dropped_total") >= 6.0,
+        "{m:?}"
+    );
+}
