@@ -53,9 +53,31 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A port on 127.0.0.1 that nobody listened on a moment ago.
+///
+/// Ports come from below the kernel's ephemeral range (32768–60999 on
+/// Linux): a port the kernel handed out with `bind(0)` can be given, the
+/// moment it is released, to another test's outgoing connection as its
+/// source port, and then the server meant to listen on it cannot bind
+/// (seen in CI). Each test process walks its own stretch of the range,
+/// chosen from its pid, so concurrent test binaries rarely meet either.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000; // 12000..32000
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 397) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {LOW}..{}", LOW + SPAN);
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
