@@ -15,6 +15,60 @@ pub type Ts = i64;
 /// A duration in milliseconds (signed, so that clock re-basing can shift both ways).
 pub type Millis = i64;
 
+/// An `Option<Ts>` in 8 bytes instead of 16, for state kept per resident
+/// (tens of thousands of them on a gateway with a 20 MB budget).
+/// `i64::MIN` (292 million years BC) stands for "none".
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct OptTs(i64);
+
+impl OptTs {
+    pub const NONE: OptTs = OptTs(i64::MIN);
+
+    pub fn get(self) -> Option<Ts> {
+        (self != Self::NONE).then_some(self.0)
+    }
+
+    pub fn is_none(self) -> bool {
+        self == Self::NONE
+    }
+
+    pub fn is_some(self) -> bool {
+        !self.is_none()
+    }
+
+    /// Moves a set time by `delta`; none stays none.
+    pub fn shift(&mut self, delta: Millis) {
+        if self.is_some() {
+            self.0 += delta;
+        }
+    }
+}
+
+impl Default for OptTs {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl From<Ts> for OptTs {
+    fn from(t: Ts) -> Self {
+        debug_assert!(t != i64::MIN, "i64::MIN is OptTs's none");
+        OptTs(t)
+    }
+}
+
+impl From<Option<Ts>> for OptTs {
+    fn from(t: Option<Ts>) -> Self {
+        t.map_or(Self::NONE, Self::from)
+    }
+}
+
+impl fmt::Debug for OptTs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 pub const SECOND: Millis = 1_000;
 pub const MINUTE: Millis = 60 * SECOND;
 pub const HOUR: Millis = 60 * MINUTE;
@@ -414,6 +468,19 @@ mod tests {
                 assert_eq!(format_in(&tz, ts), want, "{zone} {ts}");
             }
         }
+    }
+
+    #[test]
+    fn opt_ts_is_an_option_in_eight_bytes() {
+        assert_eq!(std::mem::size_of::<OptTs>(), 8);
+        let mut none = OptTs::default();
+        none.shift(5);
+        assert_eq!(none.get(), None);
+        let mut t = OptTs::from(Some(-3));
+        t.shift(5);
+        assert_eq!(t.get(), Some(2));
+        assert_eq!(OptTs::from(None::<Ts>), OptTs::NONE);
+        assert_eq!(format!("{t:?}"), "Some(2)");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{Engine, StateKey};
 use crate::alert::{Subject, SubjectKind};
 use crate::config::DeviceKind;
 use crate::event::{Access, Direction, DoorState};
-use crate::time::{format_duration, Millis, Ts};
+use crate::time::{format_duration, Millis, OptTs, Ts};
 use serde_json::json;
 use std::collections::VecDeque;
 
@@ -16,39 +16,40 @@ use std::collections::VecDeque;
 /// counted but not remembered, so a flood of random codes cannot exhaust memory.
 pub const MAX_STRANGERS: usize = 100_000;
 
+/// What the engine keeps per roster resident: one for every resident, so
+/// it is kept small (88 bytes; compact optional times, an exact-size slice).
 #[derive(Debug, Clone, Default)]
 pub struct ResidentState {
-    pub last_seen: Option<Ts>,
+    pub last_seen: OptTs,
     pub last_dir: Direction,
     /// When the gateway first knew this watched resident.
-    pub known_since: Option<Ts>,
-    pub away_until: Option<Ts>,
+    pub known_since: OptTs,
+    pub away_until: OptTs,
     /// `card_sharing` cooldown.
-    pub cooldown_until: Option<Ts>,
+    pub cooldown_until: OptTs,
     pub inactivity: Deadline,
     pub not_returned: Deadline,
     /// `card_sharing`: per credential (slot in the household), the last
     /// granted non-`out` access at a compound gate within the window:
     /// (slot, device, time).
-    pub last_gates: Vec<(u16, u32, Ts)>,
+    pub last_gates: Box<[(u16, u32, Ts)]>,
 }
+
+// Kept per roster resident: a regression here costs ~1 MB at 10,000 residents.
+const _: () = assert!(std::mem::size_of::<ResidentState>() <= 88);
 
 impl ResidentState {
     pub fn new(away_until: Option<Ts>) -> Self {
         ResidentState {
-            away_until,
+            away_until: away_until.into(),
             ..Default::default()
         }
     }
 
     pub fn shift(&mut self, delta: Millis) {
-        for t in [
-            &mut self.last_seen,
-            &mut self.known_since,
-            &mut self.cooldown_until,
-        ] {
-            *t = t.map(|v| v + delta);
-        }
+        self.last_seen.shift(delta);
+        self.known_since.shift(delta);
+        self.cooldown_until.shift(delta);
         for (_, _, t) in self.last_gates.iter_mut() {
             *t += delta;
         }
@@ -83,7 +84,7 @@ pub struct StrangerState {
     pub last_device: Option<u32>,
     /// The raw credential, kept only when pseudonymisation is off.
     pub display: Option<Box<str>>,
-    pub cooldown_until: Option<Ts>,
+    pub cooldown_until: OptTs,
     pub last_gate: Option<(u32, Ts)>,
     pub forget: Deadline,
 }
@@ -92,7 +93,7 @@ impl StrangerState {
     pub fn shift(&mut self, delta: Millis) {
         self.since += delta;
         self.last_seen += delta;
-        self.cooldown_until = self.cooldown_until.map(|t| t + delta);
+        self.cooldown_until.shift(delta);
         self.last_gate = self.last_gate.map(|(d, t)| (d, t + delta));
         self.forget.shift(delta);
     }
@@ -156,7 +157,7 @@ impl Engine {
 
     fn resident_activity(&mut self, r: u32, ts: Ts, direction: Direction) {
         let s = &mut self.residents[r as usize];
-        s.last_seen = Some(ts);
+        s.last_seen = ts.into();
         s.last_dir = direction;
         for rule in [Rule::ElderlyInactivity, Rule::NotReturned] {
             self.clear(&AlertKey::new(rule, SubjectRef::Resident(r)), ts, &[]);
@@ -184,10 +185,10 @@ impl Engine {
         let not_returned_open =
             self.is_open(&AlertKey::new(Rule::NotReturned, SubjectRef::Resident(r)));
         let s = &mut self.residents[r as usize];
-        let Some(base) = s.last_seen.or(s.known_since) else {
+        let Some(base) = s.last_seen.get().or(s.known_since.get()) else {
             return;
         };
-        let base = base.max(s.away_until.unwrap_or(i64::MIN));
+        let base = base.max(s.away_until.get().unwrap_or(i64::MIN));
         let out = s.last_dir == Direction::Out;
         if !out && !inactivity_open {
             self.timers
@@ -209,12 +210,12 @@ impl Engine {
 
     pub(super) fn inactivity_due(&mut self, r: u32, due: Ts) {
         let s = &self.residents[r as usize];
-        let since = s.last_seen.or(s.known_since).unwrap_or(due);
+        let since = s.last_seen.get().or(s.known_since.get()).unwrap_or(due);
         let (subject, location) = self.resident_subject(r);
         let evidence = json!({
-            "last_seen": s.last_seen.map(|t| self.fmt(t)),
+            "last_seen": s.last_seen.get().map(|t| self.fmt(t)),
             "threshold": format_duration(self.inactivity_after(r)),
-            "away_until": s.away_until.filter(|&t| t > since).map(|t| self.fmt(t)),
+            "away_until": s.away_until.get().filter(|&t| t > since).map(|t| self.fmt(t)),
         });
         self.raise(Raise {
             key: AlertKey::new(Rule::ElderlyInactivity, SubjectRef::Resident(r)),
@@ -229,10 +230,10 @@ impl Engine {
 
     pub(super) fn not_returned_due(&mut self, r: u32, due: Ts) {
         let s = &self.residents[r as usize];
-        let since = s.last_seen.unwrap_or(due);
+        let since = s.last_seen.get().unwrap_or(due);
         let (subject, location) = self.resident_subject(r);
         let evidence = json!({
-            "last_seen": s.last_seen.map(|t| self.fmt(t)),
+            "last_seen": s.last_seen.get().map(|t| self.fmt(t)),
             "last_direction": "out",
             "threshold": format_duration(self.config.rules.not_returned.after.millis()),
         });
@@ -379,7 +380,7 @@ impl Engine {
                     last_seen: ts,
                     last_device: device,
                     display: keep_raw.then(|| credential.into()),
-                    cooldown_until: None,
+                    cooldown_until: OptTs::NONE,
                     last_gate: None,
                     forget: Deadline::default(),
                 },
@@ -475,12 +476,17 @@ impl Engine {
             Holder::Resident(r, slot) => {
                 let gates = &mut self.residents[r as usize].last_gates;
                 if out {
-                    gates.clear();
+                    *gates = Box::default();
                 }
                 gate.and_then(|g| {
                     let previous = gates.iter().find(|e| e.0 == slot).map(|&(_, d, t)| (d, t));
-                    gates.retain(|&(s, _, t)| s != slot && ts - t <= window);
-                    gates.push((slot, g, ts));
+                    let mut kept: Vec<_> = gates
+                        .iter()
+                        .copied()
+                        .filter(|&(s, _, t)| s != slot && ts - t <= window)
+                        .collect();
+                    kept.push((slot, g, ts));
+                    *gates = kept.into_boxed_slice();
                     previous
                 })
             }
@@ -523,10 +529,10 @@ impl Engine {
                 None => return,
             },
         };
-        if cooldown_until.is_some_and(|until| ts < until) {
+        if cooldown_until.get().is_some_and(|until| ts < until) {
             return;
         }
-        *cooldown_until = Some(ts + cooldown);
+        *cooldown_until = (ts + cooldown).into();
         let (subject_ref, subject, mut location, state_key) = match holder {
             Holder::Resident(r, _) => {
                 let (s, l) = self.resident_subject(r);
@@ -790,7 +796,7 @@ mod tests {
         // 10 minutes later only the credential just used is remembered.
         access(&mut e, "10:10:00", "gate-a", "CARD");
         assert_eq!(
-            e.residents[0].last_gates,
+            *e.residents[0].last_gates,
             [(0, 0, parse_rfc3339("2026-11-02T10:10:00+08:00").unwrap())]
         );
     }

@@ -230,7 +230,7 @@ impl Engine {
         for r in 0..self.residents.len() as u32 {
             if self.dir.residents[r as usize].watch {
                 if self.residents[r as usize].known_since.is_none() {
-                    self.residents[r as usize].known_since = Some(now);
+                    self.residents[r as usize].known_since = now.into();
                     self.dirty(StateKey::Resident(r));
                 }
                 self.rearm_watch(r);
@@ -471,7 +471,7 @@ impl Engine {
         let Some(r) = self.dir.resident(resident_id) else {
             return false;
         };
-        self.residents[r as usize].away_until = Some(until);
+        self.residents[r as usize].away_until = until.into();
         if until > self.now {
             let now = self.now;
             for rule in [Rule::ElderlyInactivity, Rule::NotReturned] {

@@ -255,11 +255,11 @@ impl Engine {
             StateKey::Resident(r) => {
                 let s = &self.residents[r as usize];
                 let rec = ResidentRecord {
-                    last_seen: s.last_seen,
+                    last_seen: s.last_seen.get(),
                     last_dir: s.last_dir,
-                    known_since: s.known_since,
-                    away_until: s.away_until,
-                    cooldown_until: s.cooldown_until,
+                    known_since: s.known_since.get(),
+                    away_until: s.away_until.get(),
+                    cooldown_until: s.cooldown_until.get(),
                 };
                 let empty = rec.last_seen.is_none()
                     && rec.known_since.is_none()
@@ -303,7 +303,7 @@ impl Engine {
                             .last_device
                             .map(|d| self.dir.devices[d as usize].id.to_string()),
                         display: s.display.as_deref().map(str::to_string),
-                        cooldown_until: s.cooldown_until,
+                        cooldown_until: s.cooldown_until.get(),
                     })
                 }),
             ),
@@ -447,12 +447,12 @@ impl Engine {
         };
         let roster_away = self.dir.residents[r as usize].away_until;
         let s = &mut self.residents[r as usize];
-        s.last_seen = rec.last_seen;
+        s.last_seen = rec.last_seen.into();
         s.last_dir = rec.last_dir;
-        s.known_since = rec.known_since;
-        s.cooldown_until = rec.cooldown_until;
+        s.known_since = rec.known_since.into();
+        s.cooldown_until = rec.cooldown_until.into();
         // The later of the roster's absence and the last `away` command.
-        s.away_until = rec.away_until.max(roster_away);
+        s.away_until = rec.away_until.max(roster_away).into();
         true
     }
 
@@ -503,7 +503,7 @@ impl Engine {
             last_seen: rec.last_seen,
             last_device,
             display: rec.display.map(Into::into),
-            cooldown_until: rec.cooldown_until,
+            cooldown_until: rec.cooldown_until.into(),
             last_gate: None,
             forget: Deadline::default(),
         };

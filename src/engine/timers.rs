@@ -9,28 +9,29 @@
 //! O(1) amortised and the heap holds O(subjects) entries.
 
 use super::AlertKey;
-use crate::time::{Millis, Ts};
+use crate::time::{Millis, OptTs, Ts};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 /// When something is due, and the earliest queue entry standing for it.
+/// Every resident, device and stranger owns some: 16 bytes, not 32.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Deadline {
-    due: Option<Ts>,
-    queued: Option<Ts>,
+    due: OptTs,
+    queued: OptTs,
 }
 
 impl Deadline {
     /// Due at `due` but not yet queued (restored from the store; armed at start).
     pub fn pending(due: Ts) -> Self {
         Deadline {
-            due: Some(due),
-            queued: None,
+            due: due.into(),
+            queued: OptTs::NONE,
         }
     }
 
     pub fn due(&self) -> Option<Ts> {
-        self.due
+        self.due.get()
     }
 
     pub fn is_armed(&self) -> bool {
@@ -38,12 +39,12 @@ impl Deadline {
     }
 
     pub fn disarm(&mut self) {
-        self.due = None;
+        self.due = OptTs::NONE;
     }
 
     pub(crate) fn shift(&mut self, delta: Millis) {
-        self.due = self.due.map(|d| d + delta);
-        self.queued = self.queued.map(|q| q + delta);
+        self.due.shift(delta);
+        self.queued.shift(delta);
     }
 }
 
@@ -109,9 +110,9 @@ pub struct TimerQueue {
 impl TimerQueue {
     /// Sets `deadline` due at `at`, queueing an entry only if none that early exists.
     pub fn arm(&mut self, deadline: &mut Deadline, at: Ts, key: impl FnOnce() -> TimerKey) {
-        deadline.due = Some(at);
-        if deadline.queued.is_none_or(|q| at < q) {
-            deadline.queued = Some(at);
+        deadline.due = at.into();
+        if deadline.queued.get().is_none_or(|q| at < q) {
+            deadline.queued = at.into();
             self.push(at, key());
         }
     }
@@ -142,17 +143,17 @@ impl TimerQueue {
     /// due time if the deadline has really come (and disarms it); re-queues
     /// it if it moved later; ignores it if it was disarmed.
     pub fn settle(&mut self, popped_at: Ts, deadline: &mut Deadline, key: TimerKey) -> Option<Ts> {
-        if deadline.queued == Some(popped_at) {
-            deadline.queued = None;
+        if deadline.queued.get() == Some(popped_at) {
+            deadline.queued = OptTs::NONE;
         }
-        match deadline.due {
+        match deadline.due.get() {
             Some(due) if due <= popped_at => {
-                deadline.due = None;
+                deadline.due = OptTs::NONE;
                 Some(due)
             }
             Some(due) => {
-                if deadline.queued.is_none_or(|q| due < q) {
-                    deadline.queued = Some(due);
+                if deadline.queued.get().is_none_or(|q| due < q) {
+                    deadline.queued = due.into();
                     self.push(due, key);
                 }
                 None
