@@ -32,7 +32,8 @@
 //! `/usr/sbin/mosquitto` (`apt-get install -y mosquitto`).
 //!
 //! The gateway measured is a real release build (`[profile.release]`:
-//! stripped, thin LTO, panic = abort). `cargo bench` itself builds the binary
+//! stripped, opt-level "s", fat LTO, panic = abort, linked position-dependent
+//! by build.rs). `cargo bench` itself builds the binary
 //! with the bench profile (not stripped, line tables) into the same
 //! `target/release/community-gateway`, so the harness runs
 //! `cargo build --release --bin community-gateway --target-dir target/load-release`
