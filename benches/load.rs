@@ -1287,6 +1287,8 @@ struct Latency {
     caught_up_after: Option<f64>,
     transitions_received: u64,
     rss_max_kb: u64,
+    /// RSS at every 10 s of the phase (MB): shows a plateau or a creep.
+    rss_timeline: Vec<f64>,
     hwm_kb: u64,
     write_bytes: u64,
     cpu_secs: f64,
@@ -1317,10 +1319,17 @@ async fn fixed_rate(gw: &Gw, args: &Args, received: &Received) -> Latency {
     let pid = gw.pid;
     let stop = Arc::new(AtomicU64::new(0));
     let rss_max = Arc::new(AtomicU64::new(0));
-    let (st, rm) = (stop.clone(), rss_max.clone());
+    let rss_timeline = Arc::new(Mutex::new(Vec::new()));
+    let (st, rm, tl) = (stop.clone(), rss_max.clone(), rss_timeline.clone());
     let sampler = tokio::spawn(async move {
+        let mut tick = 0u64;
         while st.load(Ordering::Relaxed) == 0 {
-            rm.fetch_max(proc_sample(pid).rss_kb, Ordering::Relaxed);
+            let rss = proc_sample(pid).rss_kb;
+            rm.fetch_max(rss, Ordering::Relaxed);
+            tick += 1;
+            if tick % 100 == 0 {
+                tl.lock().unwrap().push(mb(rss));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -1428,6 +1437,7 @@ async fn fixed_rate(gw: &Gw, args: &Args, received: &Received) -> Latency {
     publisher.close().await;
     let commits = (m1.get("cg_commits_total") - m0.get("cg_commits_total")) as u64;
     let commit_secs = m1.get("cg_commit_seconds_sum") - m0.get("cg_commit_seconds_sum");
+    let rss_timeline = rss_timeline.lock().unwrap().clone();
     Latency {
         sent: total,
         secs: send_secs,
@@ -1439,6 +1449,7 @@ async fn fixed_rate(gw: &Gw, args: &Args, received: &Received) -> Latency {
         caught_up_after,
         transitions_received,
         rss_max_kb: rss_max.load(Ordering::Relaxed).max(p1.rss_kb),
+        rss_timeline,
         hwm_kb: p1.hwm_kb,
         write_bytes: p1.write_bytes - p0.write_bytes,
         cpu_secs: p1.cpu_secs - p0.cpu_secs,
@@ -2110,6 +2121,7 @@ async fn run(args: Args) -> i32 {
         r,
         "memory: at ready {:.1} MB; up to the end of the {}/s phase: peak RSS (VmHWM, incl. start-up) {:.1} MB (target < 20 MB) {}, \
          max sampled {:.1} MB (anon {:.1} MB, file {:.1} MB at the end)\n    \
+         RSS every 10 s of that phase (MB): {}\n    \
          after saturation: VmHWM {:.1} MB, RSS at end {:.1} MB (anon {:.1}, file {:.1}); {} threads",
         mb(at_ready.rss_kb),
         args.rate,
@@ -2118,6 +2130,11 @@ async fn run(args: Args) -> i32 {
         mb(lat.rss_max_kb),
         mb(lat.anon_kb),
         mb(lat.file_kb),
+        lat.rss_timeline
+            .iter()
+            .map(|m| format!("{m:.1}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         mb(end.hwm_kb),
         mb(end.rss_kb),
         mb(end.anon_kb),

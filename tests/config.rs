@@ -510,3 +510,14 @@ fn byte_order_mark_is_accepted() {
     std::fs::write(&path, "\u{feff}compound = \"c1\"\nlanguage = \"en\"\n").unwrap();
     assert_eq!(load(&path).unwrap().language, Language::En);
 }
+
+#[test]
+fn group_rental_max_credentials_is_at_most_63() {
+    let p = one("compound = \"c1\"\n\n[rules.group_rental]\nmax_credentials = 64\n");
+    assert_at(
+        &p,
+        4,
+        "rules.group_rental.max_credentials",
+        "between 1 and 63",
+    );
+}

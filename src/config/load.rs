@@ -1204,7 +1204,13 @@ impl<'a> Ctx<'a> {
         }
         self.at_least_one(&at("group_rental", "max_daily"), g.max_daily);
         self.at_least_one(&at("group_rental", "min_days"), g.min_days);
-        self.at_least_one(&at("group_rental", "max_credentials"), g.max_credentials);
+        if !(1..=63).contains(&g.max_credentials) {
+            // The engine keeps a household's used credentials as 64 bits.
+            self.report(
+                &at("group_rental", "max_credentials"),
+                "must be between 1 and 63",
+            );
+        }
         if g.min_days > g.window_days
             && !self.any_removed(&rules.key("group_rental"), &["min_days", "window_days"])
         {

@@ -58,13 +58,49 @@ impl ResidentState {
     }
 }
 
-/// Granted accesses of one household on one local day.
+/// Granted accesses of one household on one local day (16 bytes: a
+/// compound keeps `window_days` of these for every household).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DayCount {
     pub day: i32,
     pub count: u32,
     /// Credential slots (see `HouseholdEntry::credentials`) used that day.
-    pub slots: Vec<u16>,
+    pub slots: SlotSet,
+}
+
+/// A set of a household's credential slots, one bit each. Slots from 63 up
+/// share the last bit, so a household that used 64 or more different
+/// credentials counts as 64 (`max_credentials` is at most 63, so the rule
+/// still holds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotSet(u64);
+
+impl SlotSet {
+    pub fn insert(&mut self, slot: u16) {
+        self.0 |= 1 << slot.min(63);
+    }
+
+    pub fn union(self, other: SlotSet) -> SlotSet {
+        SlotSet(self.0 | other.0)
+    }
+
+    pub fn len(self) -> u32 {
+        self.0.count_ones()
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = u16> {
+        (0..64u16).filter(move |&b| self.0 >> b & 1 == 1)
+    }
+}
+
+impl FromIterator<u16> for SlotSet {
+    fn from_iter<I: IntoIterator<Item = u16>>(slots: I) -> Self {
+        let mut set = SlotSet::default();
+        for s in slots {
+            set.insert(s);
+        }
+        set
+    }
 }
 
 /// Day counts of one household, only for the days inside the window.
@@ -255,15 +291,13 @@ impl Engine {
         match hd.days.back_mut() {
             Some(last) if last.day == day => {
                 last.count += 1;
-                if !last.slots.contains(&slot) {
-                    last.slots.push(slot);
-                }
+                last.slots.insert(slot);
             }
             Some(last) if last.day > day => {} // late event for a closed day: ignored
             _ => hd.days.push_back(DayCount {
                 day,
                 count: 1,
-                slots: vec![slot],
+                slots: [slot].into_iter().collect(),
             }),
         }
         while hd.days.front().is_some_and(|d| d.day < day - window) {
@@ -300,10 +334,8 @@ impl Engine {
             let hd = &self.households[h as usize];
             let in_window = || hd.days.iter().filter(|d| d.day < today);
             let over: Vec<&DayCount> = in_window().filter(|d| d.count > p.max_daily).collect();
-            let mut slots: Vec<u16> = in_window().flat_map(|d| d.slots.iter().copied()).collect();
-            slots.sort_unstable();
-            slots.dedup();
-            let holds = over.len() as u32 >= p.min_days || slots.len() as u32 > p.max_credentials;
+            let slots = in_window().fold(SlotSet::default(), |all, d| all.union(d.slots));
+            let holds = over.len() as u32 >= p.min_days || slots.len() > p.max_credentials;
             let since_day = over
                 .first()
                 .copied()
@@ -785,6 +817,19 @@ mod tests {
             access(&mut e, "10:01:00", "gate-b", "CARD"),
             ["card_sharing \"CARD\""]
         );
+    }
+
+    #[test]
+    fn slot_set_counts_distinct_slots_and_caps_at_64() {
+        let day1: SlotSet = [0, 5, 5, 62].into_iter().collect();
+        let day2: SlotSet = [5, 63, 64, 1000].into_iter().collect();
+        assert_eq!(day1.len(), 3);
+        assert_eq!(day2.len(), 2);
+        let all = day1.union(day2);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all.iter().collect::<Vec<_>>(), [0, 5, 62, 63]);
+        assert_eq!((0..200).collect::<SlotSet>().len(), 64);
+        assert_eq!(std::mem::size_of::<DayCount>(), 16);
     }
 
     #[test]

@@ -205,7 +205,7 @@ impl Engine {
             }
         }
         self.alerts_by_id.insert(alert.id.clone(), r.key);
-        self.alerts.insert(r.key, alert);
+        self.alerts.insert(r.key, Box::new(alert));
         self.dirty(StateKey::Alert(r.key));
         true
     }

@@ -109,7 +109,9 @@ pub struct Engine {
     elevators: FxHashMap<u32, ElevatorState>,
     /// Polled devices with failed polls (not persisted).
     polls: FxHashMap<u32, PollFailures>,
-    alerts: FxHashMap<AlertKey, OpenAlert>,
+    /// Boxed: an open alert is about 300 bytes, and the table keeps up to
+    /// twice as many slots as alerts.
+    alerts: FxHashMap<AlertKey, Box<OpenAlert>>,
     alerts_by_id: FxHashMap<String, AlertKey>,
     midnight: Deadline,
     /// First local day not yet evaluated by the midnight rules.
@@ -526,7 +528,8 @@ impl Engine {
 
     /// Open alerts, as their latest transition (for the admin endpoint and CLI).
     pub fn open_alerts(&self) -> Vec<AlertTransition> {
-        let mut v: Vec<(&AlertKey, &OpenAlert)> = self.alerts.iter().collect();
+        let mut v: Vec<(&AlertKey, &OpenAlert)> =
+            self.alerts.iter().map(|(k, a)| (k, &**a)).collect();
         v.sort_by(|a, b| a.1.raised_at.cmp(&b.1.raised_at).then(a.0.cmp(b.0)));
         v.into_iter()
             .map(|(k, a)| {

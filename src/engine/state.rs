@@ -279,9 +279,7 @@ impl Engine {
                         let creds = d
                             .slots
                             .iter()
-                            .filter_map(|&s| {
-                                self.dir.household_credential(h, s).map(str::to_string)
-                            })
+                            .filter_map(|s| self.dir.household_credential(h, s).map(str::to_string))
                             .collect();
                         (d.day, d.count, creds)
                     })
@@ -621,7 +619,7 @@ impl Engine {
             Some(s) => {
                 let key = AlertKey::new(rule, s);
                 self.alerts_by_id.insert(alert.id.clone(), key);
-                self.alerts.insert(key, alert);
+                self.alerts.insert(key, Box::new(alert));
             }
             None => {
                 // The subject left the roster or configuration: clear it at start.
