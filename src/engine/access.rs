@@ -471,10 +471,7 @@ impl Engine {
             None => Self::pseudonym(h),
         };
         let (location, name) = match device {
-            Some(d) => (
-                self.dir.devices[d as usize].location.clone(),
-                Some(self.dir.device_name(d)),
-            ),
+            Some(d) => (self.dir.device_location(d), Some(self.dir.device_name(d))),
             None => (Default::default(), None),
         };
         (

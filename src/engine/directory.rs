@@ -61,7 +61,10 @@ pub struct DeviceEntry {
     pub perimeter: bool,
     pub heartbeat: bool,
     pub name: Option<String>,
-    pub location: Location,
+    /// Building, unit and grid from the configuration (the device field of
+    /// its location is the id); `None` when none is known, as for every
+    /// undeclared device. See [`Directory::device_location`].
+    pub place: Option<Box<Location>>,
     /// Floors, rated speed and fault table of a declared elevator.
     pub elevator: Option<Box<ElevatorSpec>>,
 }
@@ -223,13 +226,14 @@ impl Directory {
                 let b = dir.places.get(d.building.as_deref()?)?;
                 best.get(&Sym(b)).map(|&(_, g)| g.to_string())
             };
-            let location = Location {
+            let place = Location {
                 building: d.building.clone(),
                 unit: d.unit.clone(),
                 room: None,
                 grid: d.grid.clone().or_else(building_grid),
-                device: Some(d.id.clone()),
+                device: None,
             };
+            let place = (place != Location::default()).then(|| Box::new(place));
             let idx = dir.devices.len() as u32;
             dir.device_by_id.insert(d.id.as_str().into(), idx);
             dir.devices.push(DeviceEntry {
@@ -239,7 +243,7 @@ impl Directory {
                 perimeter: d.perimeter,
                 heartbeat: d.heartbeat,
                 name: d.name.clone(),
-                location,
+                place,
                 elevator: ElevatorSpec::from_config(d),
             });
         }
@@ -275,13 +279,19 @@ impl Directory {
             perimeter: false,
             heartbeat: false,
             name: None,
-            location: Location {
-                device: Some(id.to_string()),
-                ..Location::default()
-            },
+            place: None,
             elevator: None,
         });
         Some(idx)
+    }
+
+    /// Where device `d` is, for an alert: its configured place and its id.
+    pub fn device_location(&self, d: u32) -> Location {
+        let e = &self.devices[d as usize];
+        Location {
+            device: Some(e.id.to_string()),
+            ..e.place.as_deref().cloned().unwrap_or_default()
+        }
     }
 
     fn place(&mut self, name: &str) -> Sym {

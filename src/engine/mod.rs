@@ -605,7 +605,7 @@ impl Engine {
                 kind,
                 id: e.id.to_string(),
             },
-            e.location.clone(),
+            self.dir.device_location(d),
         )
     }
 
