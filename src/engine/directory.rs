@@ -32,9 +32,8 @@ pub struct HouseholdEntry {
     room: Sym,
     /// The grid of the household's first resident.
     grid: Sym,
-    /// The household's credentials (ids in [`Directory::credential`]), in
-    /// slot order.
-    credentials: Vec<u32>,
+    /// How many credentials the household has (slots `0..credentials`).
+    credentials: u16,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +121,11 @@ pub struct Directory {
     /// Indexed like `credential_ids`.
     credentials: Vec<CredentialEntry>,
     credential_ids: Keys,
+    /// Every household's credentials in slot order, one household after
+    /// the other (household `h` starts at `household_first[h]`): one flat
+    /// array instead of a small vector per household.
+    household_credentials: Vec<u32>,
+    household_first: Vec<u32>,
     /// Building, unit, room and grid names.
     places: Keys,
     pub devices: Vec<DeviceEntry>,
@@ -163,7 +167,7 @@ impl RosterIndex {
                 unit: dir.place(&r.unit),
                 room: dir.place(&r.room),
                 grid,
-                credentials: Vec::new(),
+                credentials: 0,
             };
             dir.households.push(entry);
         }
@@ -175,13 +179,13 @@ impl RosterIndex {
             away_until: r.away_until,
         });
         for c in &r.credentials {
-            let (credential, new) = dir.credential_ids.insert(c);
+            let (_, new) = dir.credential_ids.insert(c);
             if !new {
                 continue; // the first holder keeps it
             }
             let hh = &mut dir.households[household as usize];
-            let slot = hh.credentials.len().min(u16::MAX as usize) as u16;
-            hh.credentials.push(credential);
+            let slot = hh.credentials;
+            hh.credentials = hh.credentials.saturating_add(1);
             dir.credentials.push(CredentialEntry {
                 resident,
                 household,
@@ -247,6 +251,7 @@ impl Directory {
                 elevator: ElevatorSpec::from_config(d),
             });
         }
+        dir.index_household_credentials();
         for k in [
             &mut dir.resident_ids,
             &mut dir.household_keys,
@@ -349,10 +354,39 @@ impl Directory {
 
     /// The household's credential in `slot`.
     pub fn household_credential(&self, h: u32, slot: u16) -> Option<&str> {
-        let e = &self.households[h as usize];
-        e.credentials
-            .get(slot as usize)
+        let e = self.households.get(h as usize)?;
+        if slot >= e.credentials {
+            return None;
+        }
+        let first = *self.household_first.get(h as usize)? as usize;
+        self.household_credentials
+            .get(first + slot as usize)
             .map(|&c| self.credential_ids.text(c))
+    }
+
+    /// Fills `household_credentials` and `household_first` from the
+    /// credentials' (household, slot).
+    fn index_household_credentials(&mut self) {
+        let mut next = 0u32;
+        self.household_first = self
+            .households
+            .iter()
+            .map(|h| {
+                let first = next;
+                next += u32::from(h.credentials);
+                first
+            })
+            .collect();
+        self.household_credentials = vec![0; next as usize];
+        for (id, c) in self.credentials.iter().enumerate() {
+            // Slots past u16::MAX share the last one (saturating count);
+            // the first credential keeps it.
+            if c.slot == u16::MAX {
+                continue;
+            }
+            let at = self.household_first[c.household as usize] as usize + c.slot as usize;
+            self.household_credentials[at] = id as u32;
+        }
     }
 
     pub fn credential(&self, credential: &str) -> Option<CredentialEntry> {
@@ -364,5 +398,45 @@ impl Directory {
     pub fn device_name(&self, idx: u32) -> String {
         let d = &self.devices[idx as usize];
         d.name.clone().unwrap_or_else(|| d.id.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use crate::roster::parse;
+    use crate::time::Calendar;
+    use std::path::Path;
+
+    #[test]
+    fn household_credentials_in_slot_order_with_interleaved_rows() {
+        let cfg = load_str("compound = \"c\"\n", Path::new("t.toml")).unwrap();
+        // Households 1-1-101 and 1-1-102 interleaved; X is claimed twice
+        // (the first holder keeps it).
+        let csv = "resident_id,building,unit,room,credentials\n\
+                   A,1,1,101,A1;A2\n\
+                   B,1,1,102,B1;X\n\
+                   C,1,1,101,C1;X\n";
+        let roster = parse(
+            csv.as_bytes(),
+            Path::new("t.csv"),
+            &Calendar::new(cfg.timezone),
+        )
+        .roster;
+        let dir = Directory::new(&cfg, &roster);
+        let slots = |key: &str| {
+            let h = dir.household(key).unwrap();
+            (0..4)
+                .map_while(|s| dir.household_credential(h, s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(slots("1-1-101"), ["A1", "A2", "C1"]);
+        assert_eq!(slots("1-1-102"), ["B1", "X"]);
+        let c1 = dir.credential("C1").unwrap();
+        assert_eq!(
+            (c1.household, c1.slot),
+            (dir.household("1-1-101").unwrap(), 2)
+        );
     }
 }
