@@ -11,7 +11,7 @@
 //!    simulated monitoring boxes served in-process by tokio-modbus, one
 //!    canonical subscription, platform over mutual TLS, store in a
 //!    temporary folder) and waits for `/readyz`.
-//! 4. Latency at a fixed rate (default 1,000 events/s for 20 s): every 10th
+//! 4. Latency at a fixed rate (default 1,000 events/s for 300 s): every 10th
 //!    event is a door `forced` (an immediate `door_forced` raise); a platform
 //!    subscriber times each raise from the moment its event was published.
 //! 5. Sustained ingest with durable acknowledgement: M access events
@@ -106,7 +106,7 @@ const USAGE: &str = "\
 cargo bench --bench load [-- OPTIONS]
 
   --rate N              fixed-rate phase: events per second (1000)
-  --seconds N           fixed-rate phase: duration (20)
+  --seconds N           fixed-rate phase: duration (300: memory plateaus after about 4 minutes)
   --trigger-every N     every Nth event of that phase is a door `forced` (10)
   --pool N              door-forced devices, reused after a `closed` (1000, even)
   --relay-messages N    broker relay measurement: messages (200000)
@@ -128,7 +128,7 @@ cargo bench --bench load [-- OPTIONS]
 fn parse_args() -> Args {
     let mut a = Args {
         rate: 1000,
-        seconds: 20,
+        seconds: 300,
         trigger_every: 10,
         pool: 1000,
         relay_messages: 200_000,
