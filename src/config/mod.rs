@@ -109,7 +109,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: PathBuf::from("/var/lib/community-gateway/store"),
-            cache_bytes: 512 * 1024,
+            cache_bytes: 1024 * 1024,
             commit_interval: HumanDuration(std::time::Duration::from_millis(5)),
         }
     }

@@ -205,6 +205,7 @@ impl Engine {
     fn inactivity_after(&self, r: u32) -> Millis {
         self.dir.residents[r as usize]
             .inactivity_after
+            .get()
             .unwrap_or_else(|| self.config.rules.elderly_inactivity.after.millis())
     }
 

@@ -5,7 +5,7 @@ use crate::alert::{Location, Severity};
 use crate::config::{Config, DeviceKind};
 use crate::keys::Keys;
 use crate::roster::{Resident, Roster};
-use crate::time::{Millis, Ts};
+use crate::time::OptTs;
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 
@@ -21,8 +21,9 @@ pub struct ResidentEntry {
     /// The resident's own grid, if the roster names one.
     grid: Sym,
     pub watch: bool,
-    pub inactivity_after: Option<Millis>,
-    pub away_until: Option<Ts>,
+    /// The resident's own `elderly_inactivity.after`, in milliseconds.
+    pub inactivity_after: OptTs,
+    pub away_until: OptTs,
 }
 
 #[derive(Debug, Clone)]
@@ -36,12 +37,21 @@ pub struct HouseholdEntry {
     credentials: u16,
 }
 
+/// A credential's holder, household and slot (see [`Directory::credential`]).
 #[derive(Debug, Clone, Copy)]
 pub struct CredentialEntry {
     pub resident: u32,
     pub household: u32,
     /// Position among the household's credentials.
     pub slot: u16,
+}
+
+/// What the directory stores per credential (8 bytes; the household is the
+/// holder's).
+#[derive(Debug, Clone, Copy)]
+struct CredentialHolder {
+    resident: u32,
+    slot: u16,
 }
 
 /// An interned place name (building, unit, room, grid), or none.
@@ -119,7 +129,7 @@ pub struct Directory {
     households: Vec<HouseholdEntry>,
     household_keys: Keys,
     /// Indexed like `credential_ids`.
-    credentials: Vec<CredentialEntry>,
+    credentials: Vec<CredentialHolder>,
     credential_ids: Keys,
     /// Every household's credentials in slot order, one household after
     /// the other (household `h` starts at `household_first[h]`): one flat
@@ -175,8 +185,8 @@ impl RosterIndex {
             household,
             grid,
             watch: r.watch,
-            inactivity_after: r.inactivity_after,
-            away_until: r.away_until,
+            inactivity_after: r.inactivity_after.into(),
+            away_until: r.away_until.into(),
         });
         for c in &r.credentials {
             let (_, new) = dir.credential_ids.insert(c);
@@ -186,11 +196,7 @@ impl RosterIndex {
             let hh = &mut dir.households[household as usize];
             let slot = hh.credentials;
             hh.credentials = hh.credentials.saturating_add(1);
-            dir.credentials.push(CredentialEntry {
-                resident,
-                household,
-                slot,
-            });
+            dir.credentials.push(CredentialHolder { resident, slot });
         }
     }
 
@@ -384,15 +390,19 @@ impl Directory {
             if c.slot == u16::MAX {
                 continue;
             }
-            let at = self.household_first[c.household as usize] as usize + c.slot as usize;
+            let household = self.residents[c.resident as usize].household;
+            let at = self.household_first[household as usize] as usize + c.slot as usize;
             self.household_credentials[at] = id as u32;
         }
     }
 
     pub fn credential(&self, credential: &str) -> Option<CredentialEntry> {
-        self.credential_ids
-            .get(credential)
-            .map(|c| self.credentials[c as usize])
+        let c = self.credentials[self.credential_ids.get(credential)? as usize];
+        Some(CredentialEntry {
+            resident: c.resident,
+            household: self.residents[c.resident as usize].household,
+            slot: c.slot,
+        })
     }
 
     pub fn device_name(&self, idx: u32) -> String {

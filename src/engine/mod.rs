@@ -145,7 +145,7 @@ impl Engine {
         let residents = dir
             .residents
             .iter()
-            .map(|r| ResidentState::new(r.away_until))
+            .map(|r| ResidentState::new(r.away_until.get()))
             .collect();
         let households = vec![HouseholdDays::default(); dir.household_count()];
         let devices = vec![DeviceState::default(); dir.devices.len()];

@@ -264,7 +264,7 @@ impl Engine {
                 let empty = rec.last_seen.is_none()
                     && rec.known_since.is_none()
                     && rec.cooldown_until.is_none()
-                    && rec.away_until == self.dir.residents[r as usize].away_until;
+                    && rec.away_until == self.dir.residents[r as usize].away_until.get();
                 (
                     key(RESIDENT, self.dir.resident_id(r).as_bytes()),
                     (!empty).then(|| encode(&rec)),
@@ -450,7 +450,7 @@ impl Engine {
         s.known_since = rec.known_since.into();
         s.cooldown_until = rec.cooldown_until.into();
         // The later of the roster's absence and the last `away` command.
-        s.away_until = rec.away_until.max(roster_away).into();
+        s.away_until = rec.away_until.max(roster_away.get()).into();
         true
     }
 
