@@ -50,7 +50,7 @@ mod modbus_sim;
 mod certs;
 
 use certs::Certs;
-use modbus_sim::{Car, Sim, TcpBox};
+use modbus_sim::TcpBox;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
@@ -707,39 +707,6 @@ fn write_gateway_config(
         client_id,
         filter,
     }
-}
-
-/// `n` simulated monitoring boxes on the harness's runtime; the cars move
-/// every 700 ms so that samples change.
-async fn start_elevators(n: usize) -> Vec<TcpBox> {
-    let mut sims = Vec::new();
-    let mut boxes = Vec::new();
-    for _ in 0..n {
-        let sim = Sim::new().with_box(247).without_log();
-        boxes.push(TcpBox::serve(sim.clone()).await);
-        sims.push(sim);
-    }
-    tokio::spawn(async move {
-        let mut tick = 0u32;
-        loop {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            tick += 1;
-            for (i, sim) in sims.iter().enumerate() {
-                sim.set_car(
-                    247,
-                    Car {
-                        floor: ((tick as usize + i) % 20) as i8 - 2,
-                        up: tick % 3 == 0,
-                        in_zone: tick % 3 != 0,
-                        occupied: i % 2 == 0,
-                        speed_dm: if tick % 3 == 0 { 17 } else { 0 },
-                        ..Car::default()
-                    },
-                );
-            }
-        }
-    });
-    boxes
 }
 
 fn toml_string(s: &str) -> String {
@@ -1906,7 +1873,7 @@ async fn run(args: Args) -> i32 {
     eprintln!("relay: {:.0} msg/s", relay.rate);
 
     // 3. The gateway, and the elevators it polls.
-    let elevators = start_elevators(args.elevators).await;
+    let elevators = modbus_sim::serve_moving_boxes(args.elevators).await;
     let files = write_gateway_config(&dir, &args, local, platform, &certs, &elevators);
     if let Err(e) = provision_session(local, &files.client_id, &files.filter).await {
         panic!("provisioning the gateway's session: {e}");

@@ -20,7 +20,7 @@ mod modbus_sim;
 use community_gateway::config;
 use community_gateway::metrics::Metrics;
 use community_gateway::sources::modbus::{self, PollReport};
-use modbus_sim::{Car, Sim, TcpBox};
+use modbus_sim::TcpBox;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
@@ -133,39 +133,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (sims, boxes): (Vec<Sim>, Vec<TcpBox>) = servers_rt.block_on(async {
-        let mut sims = Vec::new();
-        let mut boxes = Vec::new();
-        for _ in 0..ELEVATORS {
-            let sim = Sim::new().with_box(247).without_log();
-            boxes.push(TcpBox::serve(sim.clone()).await);
-            sims.push(sim);
-        }
-        (sims, boxes)
-    });
     // The cars move now and then (a different state every few seconds).
-    let movers = sims.clone();
-    servers_rt.spawn(async move {
-        let mut tick = 0u32;
-        loop {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            tick += 1;
-            for (i, sim) in movers.iter().enumerate() {
-                let f = ((tick as usize + i) % 20) as i8 - 2;
-                sim.set_car(
-                    247,
-                    Car {
-                        floor: f,
-                        up: tick % 3 == 0,
-                        in_zone: tick % 3 != 0,
-                        occupied: i % 2 == 0,
-                        speed_dm: if tick % 3 == 0 { 17 } else { 0 },
-                        ..Car::default()
-                    },
-                );
-            }
-        }
-    });
+    let boxes: Vec<TcpBox> = servers_rt.block_on(modbus_sim::serve_moving_boxes(ELEVATORS));
 
     let mut toml =
         String::from("compound = \"bench\"\n[modbus]\ninterval = \"1s\"\ntimeout = \"500ms\"\n");

@@ -130,14 +130,8 @@ fn sighup_reloads_rules_and_keeps_the_old_configuration_when_the_new_one_is_inva
 
     // A reload with a lower threshold takes effect without a restart.
     cfg.rules = "[rules.denied_burst]\ncount = 2\n".into();
-    gw.set_config(cfg.clone());
-    gw.reload().unwrap();
-    gw.wait_metric(
-        "cg_config_reloads_total{result=\"ok\"}",
-        |n| n >= 1.0,
-        secs(10),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
+    gw.reload_with(cfg.clone(), secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut dev = env.publisher();
     dev.publish_json(&topic("door-1"), &access("door-1", "X-1", false, "in"));
     dev.publish_json(&topic("door-1"), &access("door-1", "X-2", false, "in"));
@@ -231,14 +225,8 @@ fn sighup_applies_new_outbox_bounds() {
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
 
     cfg.extra = "\n[outbox]\nmax_entries = 10\n".into();
-    gw.set_config(cfg);
-    gw.reload().unwrap();
-    gw.wait_metric(
-        "cg_config_reloads_total{result=\"ok\"}",
-        |n| n >= 1.0,
-        secs(10),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(20)));
+    gw.reload_with(cfg, secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
     // An earlier commit (gateway_health raised for the full outbox) may
     // already trim 15 -> 10; wait for the 16th event's own commit.
     dev.publish_json(&topic("ob-15"), &door("ob-15", "forced"));

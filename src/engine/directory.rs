@@ -385,8 +385,8 @@ impl Directory {
             .collect();
         self.household_credentials = vec![0; next as usize];
         for (id, c) in self.credentials.iter().enumerate() {
-            // Slots past u16::MAX share the last one (saturating count);
-            // the first credential keeps it.
+            // The count saturates at u16::MAX, so credentials from there on
+            // (a household with over 65,534 cards) have no slot of their own.
             if c.slot == u16::MAX {
                 continue;
             }

@@ -268,6 +268,40 @@ impl TcpBox {
     }
 }
 
+/// `n` monitoring boxes (slave 247, quiet) served over TCP on the current
+/// runtime, whose cars move every 700 ms so that samples change: the
+/// benchmarks' fleet of elevators.
+pub async fn serve_moving_boxes(n: usize) -> Vec<TcpBox> {
+    let mut sims = Vec::new();
+    let mut boxes = Vec::new();
+    for _ in 0..n {
+        let sim = Sim::new().with_box(247).without_log();
+        boxes.push(TcpBox::serve(sim.clone()).await);
+        sims.push(sim);
+    }
+    tokio::spawn(async move {
+        let mut tick = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            tick += 1;
+            for (i, sim) in sims.iter().enumerate() {
+                sim.set_car(
+                    247,
+                    Car {
+                        floor: ((tick as usize + i) % 20) as i8 - 2,
+                        up: tick % 3 == 0,
+                        in_zone: tick % 3 != 0,
+                        occupied: i % 2 == 0,
+                        speed_dm: if tick % 3 == 0 { 17 } else { 0 },
+                        ..Car::default()
+                    },
+                );
+            }
+        }
+    });
+    boxes
+}
+
 impl Drop for TcpBox {
     fn drop(&mut self) {
         self.task.abort();

@@ -506,6 +506,18 @@ impl Gateway {
         self.signal("HUP")
     }
 
+    /// Writes `cfg`, sends SIGHUP and waits until the gateway counts one
+    /// more successful reload.
+    pub fn reload_with(&mut self, cfg: GatewayConfig, timeout: Duration) -> Result<(), String> {
+        const OK: &str = "cg_config_reloads_total{result=\"ok\"}";
+        let before = self.metrics().map(|m| sum_of(&m, OK))?;
+        self.set_config(cfg);
+        self.reload()?;
+        self.wait_metric(OK, |n| n > before, timeout)
+            .map(|_| ())
+            .map_err(|e| format!("{e}\n{}", self.log_tail(20)))
+    }
+
     /// Sends `SIG<name>` with the `kill` command.
     pub fn signal(&mut self, name: &str) -> Result<(), String> {
         let pid = self.pid().ok_or("the gateway is not running")?;
