@@ -268,6 +268,12 @@ impl GatewayConfig {
         s.push('\n');
         s.push_str(&self.rules);
         s.push('\n');
+        // The host's own disk is not under test: with the default 5 %, a
+        // nearly full build machine raises gateway_health(disk_full) and
+        // every count of alerts at the platform is off by one.
+        if !self.rules.contains("[rules.gateway_health]") {
+            s.push_str("[rules.gateway_health]\ndisk_free_min = 0.0001\n\n");
+        }
         s.push_str(&self.extra);
         s.push('\n');
         s
